@@ -1,0 +1,167 @@
+"""Sparse mixture-of-experts FFN: router, stacked experts, dispatch, auxiliary losses.
+
+Three separate pieces (as in MegaBlocks): `TopKRouter` picks experts per token, `StackedExperts`
+holds every expert's FFN as one 3-D tensor per weight and runs contiguous token slices through
+them, and `MoEFeedForward` sorts (token, expert) pairs by expert, calls the experts once and
+combines the results. The dispatch is dropless (no capacity, no token dropped) and makes no
+copy of the tokens per expert: the tokens are gathered once, in expert order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# torch >= 2.10 has a public grouped matmul; on CUDA it runs every expert in one kernel with
+# the group boundaries read on the device, so the forward never waits for the host.
+_HAS_GROUPED_MM = hasattr(F, "grouped_mm")
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+def activation_fn(name: str):
+    """The FFN activations CLIP checkpoints use."""
+    if name == "quick_gelu":
+        return quick_gelu
+    if name in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+        approximate = "none" if name == "gelu" else "tanh"
+        return lambda x: F.gelu(x, approximate=approximate)
+    raise ValueError(f"hidden_act {name!r} is not supported (expected 'quick_gelu' or 'gelu')")
+
+
+class TopKRouter(nn.Module):
+    """Bias-free linear gate; softmax over all experts in fp32, then top-k (optionally renormalised).
+
+    Softmax-then-top-k with renormalisation is the paper's rule (identical to Mixtral's); without
+    renormalisation the kept weights sum to less than one, as in Switch/V-MoE.
+    """
+
+    def __init__(self, hidden_size: int, num_experts: int, top_k: int, renormalize: bool = True, jitter: float = 0.0):
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k must be between 1 and num_experts={num_experts}, got {top_k}")
+        self.num_experts, self.top_k, self.renormalize, self.jitter = num_experts, top_k, renormalize, jitter
+        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size))
+
+    def forward(self, x: torch.Tensor):
+        """x: (tokens, hidden) -> (logits (tokens, E), weights (tokens, k) in x.dtype, experts (tokens, k))."""
+        if self.training and self.jitter > 0:
+            # Switch-style multiplicative jitter on the router input only.
+            x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+        logits = F.linear(x, self.weight)
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+        weights, experts = probs.topk(self.top_k, dim=-1)
+        if self.renormalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return logits, weights.to(x.dtype), experts
+
+
+class StackedExperts(nn.Module):
+    """E copies of the CLIP FFN (fc1 -> act -> dropout -> fc2) stored as stacked (E, out, in) weights."""
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, hidden_act: str, dropout: float = 0.0):
+        super().__init__()
+        self.fc1_weight = nn.Parameter(torch.empty(num_experts, intermediate_size, hidden_size))
+        self.fc1_bias = nn.Parameter(torch.empty(num_experts, intermediate_size))
+        self.fc2_weight = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
+        self.fc2_bias = nn.Parameter(torch.empty(num_experts, hidden_size))
+        self.act = activation_fn(hidden_act)
+        self.dropout = dropout
+
+    @property
+    def num_experts(self) -> int:
+        return self.fc1_weight.shape[0]
+
+    def forward(self, x_sorted: torch.Tensor, expert_ids_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Rows of `x_sorted` are grouped by expert (counts[e] rows for expert e, in order)."""
+        if self._use_grouped_mm(x_sorted):
+            return self._grouped(x_sorted, expert_ids_sorted, counts)
+        return self._looped(x_sorted, counts)
+
+    def _use_grouped_mm(self, x: torch.Tensor) -> bool:
+        # On CPU torch's grouped_mm is itself a loop (and no faster than ours, measured); the loop
+        # below reads the group sizes on the host, which costs nothing there. grouped_mm also
+        # needs 16-byte aligned rows.
+        aligned = all(n * x.element_size() % 16 == 0 for n in self.fc1_weight.shape[1:])
+        return _HAS_GROUPED_MM and x.is_cuda and aligned
+
+    def _grouped(self, x, expert_ids, counts):
+        offsets = counts.cumsum(0).to(torch.int32)
+        h = F.grouped_mm(x, self.fc1_weight.transpose(1, 2), offs=offsets) + self.fc1_bias[expert_ids]
+        h = F.dropout(self.act(h), self.dropout, self.training)
+        return F.grouped_mm(h, self.fc2_weight.transpose(1, 2), offs=offsets) + self.fc2_bias[expert_ids]
+
+    def _looped(self, x, counts):
+        outputs = []
+        for e, chunk in enumerate(x.split(counts.tolist())):
+            if chunk.shape[0] == 0:
+                continue
+            h = F.dropout(self.act(F.linear(chunk, self.fc1_weight[e], self.fc1_bias[e])), self.dropout, self.training)
+            outputs.append(F.linear(h, self.fc2_weight[e], self.fc2_bias[e]))
+        return torch.cat(outputs) if outputs else x.new_zeros(0, self.fc2_weight.shape[1])
+
+
+class MoEFeedForward(nn.Module):
+    """Drop-in replacement of CLIP's FFN: returns (output, router_logits)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.router = TopKRouter(
+            config.hidden_size, config.num_experts, config.num_experts_per_tok, config.normalize_top_k, config.router_jitter
+        )
+        self.experts = StackedExperts(
+            config.num_experts, config.hidden_size, config.intermediate_size, config.hidden_act, config.expert_dropout
+        )
+
+    def forward(self, hidden_states: torch.Tensor):
+        shape = hidden_states.shape
+        x = hidden_states.reshape(-1, shape[-1])
+        logits, weights, experts = self.router(x)
+
+        # Sort the (token, slot) pairs by expert: every expert then reads one contiguous slice.
+        flat_experts = experts.reshape(-1)
+        order = flat_experts.argsort(stable=True)
+        counts = torch.bincount(flat_experts, minlength=self.router.num_experts)
+        y = self.experts(x[order // self.top_k], flat_experts[order], counts)
+
+        # Weight each pair, put the pairs back in (token, slot) order and sum over the k slots.
+        # A gather by the inverse permutation is deterministic, unlike index_add_ on CUDA.
+        y = y * weights.reshape(-1)[order].unsqueeze(-1)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        out = y[inverse].view(x.shape[0], self.top_k, -1).sum(dim=1)
+        return out.view(shape), logits
+
+
+def _token_weights(router_logits: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+    if token_mask is None:
+        return router_logits.new_ones(router_logits.shape[0], dtype=torch.float32)
+    return token_mask.reshape(-1).to(torch.float32)
+
+
+def load_balancing_loss(router_logits: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Switch Transformer balance loss of one MoE layer: E * sum_j f_j * P_j over real tokens.
+
+    f_j is the fraction of tokens whose top-1 expert is j and P_j the mean router probability of
+    expert j (the paper's eq. 7-8); it equals 1 when routing is uniform. Masked tokens (text
+    padding) count in neither.
+    """
+    num_experts = router_logits.shape[-1]
+    w = _token_weights(router_logits, token_mask)
+    denom = w.sum().clamp_min(1.0)
+    probs = torch.softmax(router_logits.float(), dim=-1)
+    top1 = F.one_hot(probs.argmax(dim=-1), num_experts).to(torch.float32)
+    f = (top1 * w[:, None]).sum(0) / denom
+    p = (probs * w[:, None]).sum(0) / denom
+    return num_experts * (f * p).sum()
+
+
+def router_z_loss(router_logits: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """ST-MoE z-loss of one layer: mean over real tokens of logsumexp(logits)^2."""
+    w = _token_weights(router_logits, token_mask)
+    z = torch.logsumexp(router_logits.float(), dim=-1) ** 2
+    return (z * w).sum() / w.sum().clamp_min(1.0)

@@ -1,0 +1,1 @@
+"""MLLM benchmark evaluation for CLIP-MoE."""
