@@ -88,8 +88,9 @@ def openai_state_dict_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-def infer_configs(sd: dict[str, torch.Tensor], head_width: int = 64, hidden_act: str = "quick_gelu"):
-    """Dense tower configs (dicts) from the shapes of an OpenAI-layout state dict."""
+def infer_configs(sd: dict[str, torch.Tensor], vision_heads=None, text_heads=None, hidden_act: str = "quick_gelu"):
+    """Dense tower configs (dicts) from the shapes of an OpenAI-layout state dict. Head counts are not
+    stored in the weights: OpenAI's convention (width / 64) unless given."""
     def layers(prefix):
         ids = {int(m.group(2)) for k in sd if (m := _BLOCK.match(k)) and bool(m.group(1)) == (prefix == "visual.")}
         return max(ids) + 1 if ids else 0
@@ -106,7 +107,7 @@ def infer_configs(sd: dict[str, torch.Tensor], head_width: int = 64, hidden_act:
         grid = int(round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5))
         vision = dict(
             hidden_size=width, intermediate_size=intermediate("visual."), num_hidden_layers=layers("visual."),
-            num_attention_heads=max(1, width // head_width), patch_size=patch, image_size=grid * patch,
+            num_attention_heads=vision_heads or max(1, width // 64), patch_size=patch, image_size=grid * patch,
             projection_dim=sd["visual.proj"].shape[1] if "visual.proj" in sd else width, hidden_act=hidden_act,
         )
     text = None
@@ -115,7 +116,7 @@ def infer_configs(sd: dict[str, torch.Tensor], head_width: int = 64, hidden_act:
         proj = sd.get("text_projection", sd.get("text_projection.weight"))
         text = dict(
             vocab_size=vocab, hidden_size=width, intermediate_size=intermediate(""), num_hidden_layers=layers(""),
-            num_attention_heads=max(1, width // head_width), max_position_embeddings=sd["positional_embedding"].shape[0],
+            num_attention_heads=text_heads or max(1, width // 64), max_position_embeddings=sd["positional_embedding"].shape[0],
             projection_dim=(proj.shape[1] if "text_projection" in sd else proj.shape[0]) if proj is not None else width,
             hidden_act=hidden_act,
             # the OpenAI tokenizer's end-of-text is its last id; pooling takes its first occurrence
@@ -124,8 +125,8 @@ def infer_configs(sd: dict[str, torch.Tensor], head_width: int = 64, hidden_act:
     return vision, text
 
 
-def open_clip_state_dict(model) -> tuple[dict[str, torch.Tensor], str, int]:
-    """State dict, activation and head width of an open_clip CLIP (standard ViT towers only)."""
+def open_clip_state_dict(model) -> tuple[dict[str, torch.Tensor], str, int, int]:
+    """State dict, activation and head counts (vision, text) of an open_clip CLIP (standard ViT towers only)."""
     visual = getattr(model, "visual", None)
     if visual is None or not hasattr(visual, "transformer") or getattr(visual, "attn_pool", None) is not None:
         raise CLIPMoEError(f"{type(model).__name__}: only open_clip CLIP models with a standard ViT image tower can be upcycled")
@@ -134,8 +135,8 @@ def open_clip_state_dict(model) -> tuple[dict[str, torch.Tensor], str, int]:
     block = visual.transformer.resblocks[0]
     act_name = type(block.mlp.gelu).__name__
     hidden_act = "quick_gelu" if act_name == "QuickGELU" else "gelu"
-    head_width = visual.transformer.width // block.attn.num_heads
-    return model.state_dict(), hidden_act, head_width
+    text_heads = model.transformer.resblocks[0].attn.num_heads if hasattr(model, "transformer") else None
+    return model.state_dict(), hidden_act, block.attn.num_heads, text_heads
 
 
 def stretch_text_positions(table: torch.Tensor, keep: int = 20, ratio: int = 4) -> torch.Tensor:

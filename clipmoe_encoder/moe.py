@@ -62,6 +62,9 @@ class TopKRouter(nn.Module):
 class StackedExperts(nn.Module):
     """E copies of the CLIP FFN (fc1 -> act -> dropout -> fc2) stored as stacked (E, out, in) weights."""
 
+    # None = grouped matmul on CUDA only; True/False forces a path (tests run both on CPU).
+    prefer_grouped_mm: bool | None = None
+
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, hidden_act: str, dropout: float = 0.0):
         super().__init__()
         self.fc1_weight = nn.Parameter(torch.empty(num_experts, intermediate_size, hidden_size))
@@ -86,7 +89,8 @@ class StackedExperts(nn.Module):
         # below reads the group sizes on the host, which costs nothing there. grouped_mm also
         # needs 16-byte aligned rows.
         aligned = all(n * x.element_size() % 16 == 0 for n in self.fc1_weight.shape[1:])
-        return _HAS_GROUPED_MM and x.is_cuda and aligned
+        wanted = x.is_cuda if self.prefer_grouped_mm is None else self.prefer_grouped_mm
+        return _HAS_GROUPED_MM and wanted and aligned
 
     def _grouped(self, x, expert_ids, counts):
         offsets = counts.cumsum(0).to(torch.int32)

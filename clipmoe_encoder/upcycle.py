@@ -34,21 +34,21 @@ class DenseCLIP:
         self.logit_scale, self.source = logit_scale, source
 
 
-def load_dense(source, head_width: int = 64) -> DenseCLIP:
+def load_dense(source) -> DenseCLIP:
     """Accepts a transformers CLIPModel / CLIPVisionModel (object or directory), an OpenAI-layout
     state dict (dict or .pt file) or an open_clip model."""
     if isinstance(source, DenseCLIP):
         return source
     if isinstance(source, dict):
-        return _from_openai(source, head_width=head_width)
+        return _from_openai(source)
     if isinstance(source, (str, os.PathLike)):
         path = require_path(source)
         if os.path.isdir(path):
             return _from_transformers(_load_transformers(path), source=path)
-        return _from_openai(load_pickled_state_dict(path), head_width=head_width, source=path)
+        return _from_openai(load_pickled_state_dict(path), source=path)
     if type(source).__module__.startswith("open_clip"):
-        sd, act, width = open_clip_state_dict(source)
-        return _from_openai(sd, head_width=width, hidden_act=act, source=type(source).__name__)
+        sd, act, vision_heads, text_heads = open_clip_state_dict(source)
+        return _from_openai(sd, vision_heads, text_heads, hidden_act=act, source=type(source).__name__)
     if hasattr(source, "config") and hasattr(source, "state_dict"):
         return _from_transformers(source, source=type(source).__name__)
     raise CLIPMoEError(f"cannot upcycle a {type(source).__name__}: expected a transformers CLIP, an open_clip model or a state dict")
@@ -91,9 +91,9 @@ def _dense_fields(cfg, tower):
     return {f: getattr(cfg, f) for f in _DENSE_FIELDS[tower] if hasattr(cfg, f)}
 
 
-def _from_openai(sd, head_width=64, hidden_act="quick_gelu", source="state dict") -> DenseCLIP:
+def _from_openai(sd, vision_heads=None, text_heads=None, hidden_act="quick_gelu", source="state dict") -> DenseCLIP:
     converted = openai_state_dict_to_hf(sd)
-    vision, text = infer_configs(sd, head_width=head_width, hidden_act=hidden_act)
+    vision, text = infer_configs(sd, vision_heads, text_heads, hidden_act)
     if vision is None:
         raise CLIPMoEError(f"{source}: no 'visual.conv1.weight': not an OpenAI-layout CLIP state dict")
     logit_scale = float(sd["logit_scale"]) if "logit_scale" in sd else 2.6592
@@ -141,8 +141,8 @@ def _moe_state_dict(model, dense, experts_from, text_positions):
             stacked = torch.stack([_tensor(d, key) for d in experts_from])
             out[f"{m['layer']}mlp.experts.{m['fc']}_{m['kind']}"] = stacked
             continue
-        if key.startswith("text_model.") and isinstance(model, CLIPMoEVisionModel):
-            continue
+        if isinstance(model, CLIPMoEVisionModel) and not key.startswith("vision_model."):
+            continue  # the vision tower alone, out of a two-tower CLIP
         if key.endswith("embeddings.position_embedding.weight") and key.startswith("text_model.") and text_positions:
             if value.shape[0] != text_positions:
                 value = stretch_text_positions(value)

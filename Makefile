@@ -1,0 +1,58 @@
+# Two commands do all the set-up: `make demo` and `make test`. Each creates (or reuses) the
+# virtual environment .venv with every package of the design, pinned in requirements/.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt pyproject.toml | cksum | cut -d' ' -f1)
+LEGACY := .venv-legacy
+LEGACY_STAMP := $(LEGACY)/.installed-$(shell cat requirements/legacy.txt pyproject.toml | cksum | cut -d' ' -f1)
+DEMO_OUT ?= demo_out
+
+.PHONY: venv demo demo-quick test test-fast legacy-venv test-legacy bench clean
+
+venv: $(STAMP)
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	# torch first, so that nothing below resolves to another torch build
+	$(PIP) install -q -r requirements/torch.txt
+	$(PIP) install -q -r requirements/torch.txt -r requirements/base.txt
+	# DeepSpeed's CPU communication op is compiled now, not at the first launch of a test
+	DS_BUILD_SHM_COMM=1 $(PIP) install -q --no-build-isolation deepspeed==0.19.8
+	# llava-torch pins 2023 releases of everything: install it alone, its real imports are in base.txt
+	$(PIP) install -q --no-deps llava-torch==1.2.2.post1
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: venv
+	$(VENV)/bin/clipmoe demo --out $(DEMO_OUT)
+
+demo-quick: venv
+	$(VENV)/bin/clipmoe demo --quick --out $(DEMO_OUT)
+
+test: venv legacy-venv
+	$(PY) -m pytest -q tests
+	$(MAKE) test-legacy
+
+# LLaVA's own pins (transformers 4.37.2, accelerate 0.34.2, peft 0.10.0): the integration tests
+# also run there, so the plugin keeps working for users of upstream LLaVA as published.
+legacy-venv: $(LEGACY_STAMP)
+
+$(LEGACY_STAMP):
+	$(PYTHON) -m venv $(LEGACY)
+	$(LEGACY)/bin/pip install -q torch==2.13.0
+	$(LEGACY)/bin/pip install -q torch==2.13.0 -r requirements/legacy.txt
+	$(LEGACY)/bin/pip install -q --no-build-isolation deepspeed==0.19.8
+	$(LEGACY)/bin/pip install -q --no-deps llava-torch==1.2.2.post1
+	$(LEGACY)/bin/pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+test-legacy: legacy-venv
+	$(LEGACY)/bin/python -m pytest -q -m "legacy" tests
+
+bench: venv
+	$(PY) scripts/bench_moe.py --model l14-336 --batch 4
+
+clean:
+	rm -rf $(VENV) $(LEGACY) $(DEMO_OUT)
