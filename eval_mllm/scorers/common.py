@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sys
 
 # Answer lines written by LLaVA's model_vqa_loader.py / our generator.
@@ -57,7 +58,8 @@ def _open_text(path):
     if os.path.isdir(path):
         raise ScorerInputError(f"{path}: is a directory, expected a file")
     try:
-        return open(path, encoding="utf-8")
+        # utf-8-sig: also read files saved with a byte-order mark.
+        return open(path, encoding="utf-8-sig")
     except OSError as exc:
         raise ScorerInputError(f"{path}: cannot open ({exc.strerror})") from None
 
@@ -86,13 +88,28 @@ def check_fields(record, fields, path, where):
                 f"{path}: {where}: field '{name}' must be {_type_name(types)}, got {got}")
 
 
-def read_json(path):
-    """Load a whole JSON file."""
+def _not_utf8(path, exc):
+    return ScorerInputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+
+
+def _read_text(path):
     with _open_text(path) as f:
         try:
-            return json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ScorerInputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+            return f.read()
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path, exc) from None
+
+
+def _parse_json(text, path):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ScorerInputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
+def read_json(path):
+    """Load a whole JSON file."""
+    return _parse_json(_read_text(path), path)
 
 
 def read_jsonl(path, fields=None, allow_truncated=True):
@@ -105,8 +122,7 @@ def read_jsonl(path, fields=None, allow_truncated=True):
     all), which we refuse rather than guess around.  Question and annotation
     files are read with ``allow_truncated=False``: they must be complete.
     """
-    with _open_text(path) as f:
-        lines = f.read().split("\n")
+    lines = _read_text(path).split("\n")
     # Line numbers of the non-blank lines, to tell the last one.
     numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
     records, warnings, n_truncated = [], [], 0
@@ -135,11 +151,10 @@ def read_questions(path, fields=None):
 
 def read_records(path, fields=None):
     """Read a JSON list of objects, or JSON-lines when the file is not a list."""
-    with _open_text(path) as f:
-        head = f.read(4096).lstrip()
-    if not head.startswith("["):
+    text = _read_text(path)
+    if not text.lstrip().startswith("["):
         return read_questions(path, fields)
-    data = read_json(path)
+    data = _parse_json(text, path)
     if not isinstance(data, list):
         raise ScorerInputError(f"{path}: expected a JSON list of objects")
     for i, record in enumerate(data):
@@ -168,11 +183,16 @@ def read_table(path, columns=()):
     delimiter = "," if path.lower().endswith(".csv") else "\t"
     with _open_text(path) as f:
         reader = csv.DictReader(f, delimiter=delimiter)
-        header = reader.fieldnames or []
-        for name in columns:
-            if name not in header:
-                raise ScorerInputError(f"{path}: line 1: missing column '{name}'")
-        return list(reader)
+        try:
+            header = reader.fieldnames or []
+            for name in columns:
+                if name not in header:
+                    raise ScorerInputError(f"{path}: line 1: missing column '{name}'")
+            return list(reader)
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path, exc) from None
+        except csv.Error as exc:
+            raise ScorerInputError(f"{path}: line {reader.line_num}: {exc}") from None
 
 
 def index_unique(records, key_field, path):
@@ -196,7 +216,7 @@ class Answers:
     """Answer records matched to the expected question keys."""
 
     def __init__(self, by_key, question_keys, n_duplicates, n_unknown, n_truncated, warnings):
-        self.by_key = by_key                  # key -> first answer record
+        self.by_key = by_key                  # key -> first answer record, question order
         self.missing = [k for k in question_keys if k not in by_key]
         self.n_questions = len(question_keys)
         self.n_duplicates = n_duplicates
@@ -245,6 +265,9 @@ def match_answers(records, question_keys, key_of=None, n_truncated=0, warnings=(
             dups.append(record["question_id"])
         else:
             by_key[key] = record
+    # Question order, so that results do not depend on the answer order (not
+    # even in the last digit of a float sum).
+    by_key = {key: by_key[key] for key in question_keys if key in by_key}
     warnings = list(warnings)
     if dups:
         warnings.append(f"{path}: {len(dups)} duplicate answer(s) ignored, first kept "
@@ -255,7 +278,7 @@ def match_answers(records, question_keys, key_of=None, n_truncated=0, warnings=(
     answers = Answers(by_key, list(question_keys), len(dups), len(unknown), n_truncated, warnings)
     if answers.missing:
         answers.warnings.append(f"{path}: {len(answers.missing)} of {answers.n_questions} "
-                                f"question(s) have no answer (e.g. {answers.missing[0]!r})")
+                                f"expected answer(s) missing (e.g. {answers.missing[0]!r})")
     return answers
 
 
@@ -263,6 +286,24 @@ def load_answers(path, question_keys, key_of=None):
     """``read_answers`` + ``match_answers``."""
     records, n_truncated, warnings = read_answers(path)
     return match_answers(records, question_keys, key_of, n_truncated, warnings, path)
+
+
+# ----------------------------------------------------------------------------
+# Multiple choice
+# ----------------------------------------------------------------------------
+
+# "B", "(B)", "B.", "B)", "B:", "B," or "B" + newline at the start.  A letter
+# followed by a space is not taken: "A cat" is more likely an article.
+_LEADING_LETTER = re.compile(r"^(?:\(([A-Z])\)|([A-Z])(?:$|[.):,\n]))")
+
+
+def leading_option_letter(text: str, letters: str):
+    """The option letter a prediction starts with, if it is one of ``letters``."""
+    match = _LEADING_LETTER.match(text.strip())
+    if not match:
+        return None
+    letter = match.group(1) or match.group(2)
+    return letter if letter in letters else None
 
 
 # ----------------------------------------------------------------------------

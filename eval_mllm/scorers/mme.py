@@ -26,8 +26,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from .common import (ScorerInputError, index_unique, load_answers, pct,
-                     read_questions)
+from .common import ScorerInputError, index_unique, load_answers, pct, read_questions
 
 BENCHMARK = "mme"
 PERCEPTION = ["existence", "count", "position", "color", "posters", "celebrity",

@@ -24,8 +24,7 @@ from __future__ import annotations
 import os
 import re
 
-from .common import (ScorerInputError, load_answers, mean, pct, qid_key,
-                     read_questions)
+from .common import ScorerInputError, load_answers, mean, pct, qid_key, read_questions
 
 BENCHMARK = "pope"
 LABEL_FILE = re.compile(r"^coco_pope_(.+)\.json$")
@@ -70,10 +69,10 @@ def load_labels(annotation_dir):
 
 def _split_metrics(pairs):
     """Metrics of one split from (prediction, label) pairs."""
-    tp = sum(p == "yes" and l == "yes" for p, l in pairs)
-    fp = sum(p == "yes" and l == "no" for p, l in pairs)
-    tn = sum(p == "no" and l == "no" for p, l in pairs)
-    fn = sum(p == "no" and l == "yes" for p, l in pairs)
+    tp = sum(pred == "yes" and label == "yes" for pred, label in pairs)
+    fp = sum(pred == "yes" and label == "no" for pred, label in pairs)
+    tn = sum(pred == "no" and label == "no" for pred, label in pairs)
+    fn = sum(pred == "no" and label == "yes" for pred, label in pairs)
     precision = pct(tp, tp + fp)
     recall = pct(tp, tp + fn)
     if precision is None or recall is None:

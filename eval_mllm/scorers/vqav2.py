@@ -22,8 +22,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .common import (ScorerInputError, load_answers, mean, pct, qid_key,
-                     read_json, read_questions, write_json)
+from .common import (
+    ScorerInputError,
+    load_answers,
+    mean,
+    qid_key,
+    read_json,
+    read_questions,
+    write_json,
+)
 from .vqa_normalize import normalize_answer
 
 BENCHMARK = "vqav2"
@@ -72,7 +79,7 @@ def _load_annotations(path):
     gt_of, type_of = {}, {}
     for i, ann in enumerate(data["annotations"]):
         for field in ("question_id", "answers"):
-            if field not in ann:
+            if not isinstance(ann, dict) or field not in ann:
                 raise ScorerInputError(f"{path}: annotations[{i}]: missing field '{field}'")
         answers = ann["answers"]
         if not answers or not all(isinstance(a, dict) and "answer" in a for a in answers):

@@ -1,0 +1,70 @@
+"""``score`` subcommand: score a benchmark's answers with its official protocol.
+
+    python -m eval_mllm.score_cli pope --annotation-dir D --question-file Q \\
+        --result-file R --json
+
+Human-readable metric lines go to stdout, warnings to stderr; with ``--json``
+the last stdout line is one JSON object of the metrics.  Bad input prints one
+``error: ...`` line to stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .scorers import SCORERS
+from .scorers.common import ScorerInputError, emit
+
+
+def _summary(scorer) -> str:
+    return (scorer.__doc__ or "").strip().split("\n")[0]
+
+
+def _add_benchmarks(parser):
+    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name, scorer in SCORERS.items():
+        p = sub.add_parser(name, help=_summary(scorer), description=scorer.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        scorer.add_arguments(p)
+        p.add_argument("--json", action="store_true",
+                       help="print the metrics as one JSON object on the last line")
+        p.set_defaults(func=run)
+
+
+def build_parser(subparsers):
+    """Add the ``score`` sub-parser (one sub-command per benchmark) to ``subparsers``.
+
+    Every benchmark parser sets ``func=run``: call ``args.func(args)``.
+    """
+    parser = subparsers.add_parser("score", help="score benchmark answers",
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_benchmarks(parser)
+    return parser
+
+
+def run(args) -> int:
+    """Score ``args.benchmark`` and print the result; returns the exit code."""
+    try:
+        metrics = SCORERS[args.benchmark].from_args(args)
+    except ScorerInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    emit(metrics, as_json=args.json)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval_mllm score", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_benchmarks(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse errors and --help
+        return exc.code if isinstance(exc.code, int) else 0
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
