@@ -289,6 +289,12 @@ class CLIPMoEPreTrainedModel(PreTrainedModel):
                 check_weight_shapes(path, cls(config))
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
+        # Non-reentrant by default: with frozen embeddings (MCL and router stages train only FFNs or
+        # routers) the reentrant variant that transformers 4.x picks would drop every gradient.
+        kwargs = dict(kwargs, gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False})
+        return super().gradient_checkpointing_enable(**kwargs)
+
     def _init_weights(self, module):
         # Dispatch on the modules that own parameters directly: transformers 5 skips custom modules
         # without direct parameters, so initialising at a parent level would silently do nothing.
