@@ -313,6 +313,9 @@ class CLIPMoEPreTrainedModel(PreTrainedModel):
             _init.normal_(module.weight, std=std * factor)
         elif isinstance(module, CLIPMoEVisionEmbeddings):
             _init.normal_(module.class_embedding, std=module.class_embedding.shape[0] ** -0.5 * factor)
+            _reset_positions(module)
+        elif isinstance(module, CLIPMoETextEmbeddings):
+            _reset_positions(module)
         elif isinstance(module, TopKRouter):
             _init.normal_(module.weight, std=std)
         elif isinstance(module, StackedExperts):
@@ -322,6 +325,12 @@ class CLIPMoEPreTrainedModel(PreTrainedModel):
             _init.zeros_(module.fc2_bias)
         elif isinstance(module, CLIPMoEModel):
             _init.constant_(module.logit_scale, float(self.config.logit_scale_init_value))
+
+
+def _reset_positions(module):
+    # A non-persistent buffer is not in the checkpoint: transformers 5 materialises it empty on load.
+    with torch.no_grad():
+        module.position_ids.copy_(torch.arange(module.position_ids.shape[1], device=module.position_ids.device).unsqueeze(0))
 
 
 class CLIPMoEVisionModel(CLIPMoEPreTrainedModel):

@@ -4,7 +4,7 @@
 Builds randomly initialised towers -- transformers' dense CLIPVisionModel, our CLIPMoEVisionModel
 (4 experts, top-2, MoE in every block) and the same MoE model run with the official code's dispatch
 (a Python loop over experts that masks tokens per expert, gathers them and index_add_s the results)
--- and times their forwards interleaved in one process. Prints median times, peak memory, and the
+-- and times their forwards interleaved in one process. Prints median times, peak memory (each model in a fresh process on CPU), and the
 ratios MoE/dense and naive/ours beside the FLOP floor. With --json the last line is a JSON object.
 
     python scripts/bench_moe.py --model l14-336 --batch 4                  # CPU, fp32
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import threading
 import time
 
 import torch
@@ -63,52 +62,45 @@ def naive_forward(self: MoEFeedForward, hidden_states):
     return out.view(shape), logits
 
 
-class PeakMemory:
-    """Peak memory of one forward: CUDA's allocator statistics, or sampled RSS growth on CPU."""
+def peak_memory_mb(model_name: str, args) -> float:
+    """Peak memory of one forward of one model. CUDA: the allocator's statistics. CPU: a fresh
+    process, so that memory freed by another model (and kept by the C allocator) cannot hide it;
+    the figure is the growth of the peak resident set during the forward."""
+    import subprocess
+    import sys
 
-    def __init__(self, device):
-        self.device = device
+    cmd = [sys.executable, __file__, "--memory-of", model_name, "--model", args.model, "--batch", str(args.batch),
+           "--dtype", args.dtype, "--device", args.device, "--num-experts", str(args.num_experts), "--top-k", str(args.top_k)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
 
-    def __enter__(self):
-        if self.device.type == "cuda":
+
+def _measure_one(name, models, pixels, device):
+    import resource
+
+    model = models[name]
+    with torch.inference_mode():
+        if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            return self
-        import psutil
-
-        self.proc, self.stop = psutil.Process(), False
-        self.base = self.peak = self.proc.memory_info().rss
-
-        def sample():
-            while not self.stop:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-                time.sleep(0.002)
-
-        self.thread = threading.Thread(target=sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
+            base = torch.cuda.memory_allocated()
+            model(pixel_values=pixels)
             torch.cuda.synchronize()
-            self.bytes = torch.cuda.max_memory_allocated() - self.base
-        else:
-            self.stop = True
-            self.thread.join()
-            self.bytes = self.peak - self.base
+            return (torch.cuda.max_memory_allocated() - base) / 2**20
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        model(pixel_values=pixels)
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
 
 
 def time_forward(model, pixels, device):
-    with torch.inference_mode(), PeakMemory(device) as mem:
+    with torch.inference_mode():
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         model(pixel_values=pixels)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
-    return elapsed, mem.bytes
+        return time.perf_counter() - start
 
 
 def main(argv=None):
@@ -122,6 +114,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (one forward of each model per round)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--memory-of", choices=["dense", "ours", "naive"], help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -131,6 +124,11 @@ def main(argv=None):
     dense = CLIPVisionModel(CLIPVisionConfig(**size)).to(device, dtype).eval()
     moe = CLIPMoEVisionModel(CLIPMoEVisionConfig(**size, num_experts=args.num_experts, num_experts_per_tok=args.top_k)).to(device, dtype).eval()
     pixels = torch.randn(args.batch, 3, size["image_size"], size["image_size"], device=device, dtype=dtype)
+    if args.memory_of:
+        if args.memory_of == "naive":
+            MoEFeedForward.forward = naive_forward
+        print(_measure_one(args.memory_of, {"dense": dense, "ours": moe, "naive": moe}, pixels, device))
+        return None
 
     ours_forward = MoEFeedForward.forward
     runs = {
@@ -144,20 +142,19 @@ def main(argv=None):
         max_diff = (ref.float() - naive.float()).abs().max().item()
 
     times = {name: [] for name in runs}
-    memory = {name: 0 for name in runs}
     for i in range(args.warmup + args.repeats):
         for name, run in runs.items():  # interleaved, so that machine noise hits all three alike
-            elapsed, peak = run()
+            elapsed = run()
             if i >= args.warmup:
                 times[name].append(elapsed)
-                memory[name] = max(memory[name], peak)
+    memory = {name: peak_memory_mb(name, args) for name in runs}
 
     median = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "model": args.model, "batch": args.batch, "dtype": args.dtype, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "num_experts": args.num_experts, "top_k": args.top_k, "repeats": args.repeats,
-        "median_s": median, "peak_memory_mb": {k: round(v / 2**20, 1) for k, v in memory.items()},
+        "median_s": median, "peak_memory_mb": {k: round(v, 1) for k, v in memory.items()},
         "moe_over_dense": median["ours"] / median["dense"],
         "naive_over_ours": median["naive"] / median["ours"],
         "flop_floor": flop_floor(size, args.num_experts, args.top_k),

@@ -38,11 +38,19 @@ def test_save_pretrained_round_trip_is_bitwise(tmp_path):
     ref, got = model.state_dict(), loaded.state_dict()
     assert ref.keys() == got.keys()
     assert all(torch.equal(ref[k], got[k]) for k in ref)
+    for a, b in zip(model.buffers(), loaded.buffers()):  # non-persistent buffers are rebuilt, not loaded
+        assert torch.equal(a, b)
+    pixels, ids, mask = batch()
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids, pixel_values=pixels, attention_mask=mask).logits_per_image,
+                           loaded(input_ids=ids, pixel_values=pixels, attention_mask=mask).logits_per_image)
     from transformers import AutoModel
 
     assert type(AutoModel.from_pretrained(tmp_path)) is cm.CLIPMoEModel
     vision = cm.CLIPMoEVisionModel.from_pretrained(tmp_path)  # the tower alone, out of the two-tower checkpoint
     assert torch.equal(vision.vision_model.encoder.layers[0].mlp.router.weight, model.vision_model.encoder.layers[0].mlp.router.weight)
+    with torch.no_grad():
+        assert torch.equal(vision(pixel_values=pixels).pooler_output, model.vision_model(pixels).pooler_output)
 
 
 def official_layout(model: cm.CLIPMoEModel) -> dict:
