@@ -12,6 +12,7 @@ for _config, _model in ((CLIPMoEVisionConfig, CLIPMoEVisionModel), (CLIPMoEConfi
 AutoConfig.register(CLIPMoETextConfig.model_type, CLIPMoETextConfig, exist_ok=True)
 
 from .upcycle import assemble_experts, upcycle  # noqa: E402  (needs the registered classes)
+from .tower import CLIPMoEVisionTower  # noqa: E402
 
 __all__ = [
     "CLIPMoEConfig",
@@ -20,6 +21,7 @@ __all__ = [
     "CLIPMoETextConfig",
     "CLIPMoEVisionConfig",
     "CLIPMoEVisionModel",
+    "CLIPMoEVisionTower",
     "assemble_experts",
     "upcycle",
 ]

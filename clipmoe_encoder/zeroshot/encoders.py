@@ -166,7 +166,7 @@ def _load_directory(path, device, tokenizer, image_processor) -> HFCLIPEncoder:
     if model_type == "clip":
         model = CLIPModel.from_pretrained(path)
     elif model_type == "clipmoe":
-        model = _restore_position_ids(CLIPMoEModel.from_pretrained(path))
+        model = CLIPMoEModel.from_pretrained(path)
     else:
         raise CLIPMoEError(
             f"{os.path.join(path, 'config.json')}: field 'model_type' is {model_type!r}; zero-shot evaluation needs "
@@ -191,18 +191,6 @@ def _load_directory(path, device, tokenizer, image_processor) -> HFCLIPEncoder:
         except Exception as err:
             raise CLIPMoEError(f"{config_file}: cannot load the image processor ({err})") from None
     return HFCLIPEncoder(model, tokenizer, image_processor, device, name=path)
-
-
-def _restore_position_ids(model):
-    """transformers 5's from_pretrained builds the model on the meta device and leaves the
-    non-persistent `position_ids` buffers of CLIPMoEModel uninitialised (garbage indices, an
-    IndexError or silently wrong embeddings). Every CLIP tower defines them as arange(n)."""
-    with torch.no_grad():
-        for module in model.modules():
-            ids = module._buffers.get("position_ids")
-            if ids is not None:
-                module._buffers["position_ids"] = torch.arange(ids.shape[-1], device=ids.device).expand(ids.shape).clone()
-    return model
 
 
 def parse_open_clip_spec(rest: str) -> tuple[str, str | None]:
