@@ -99,13 +99,33 @@ class StackedExperts(nn.Module):
         return F.grouped_mm(h, self.fc2_weight.transpose(1, 2), offs=offsets) + self.fc2_bias[expert_ids]
 
     def _looped(self, x, counts):
+        sizes = counts.tolist()
+        if not torch.is_grad_enabled() and self.act is quick_gelu:
+            return self._looped_inference(x, sizes)
         outputs = []
-        for e, chunk in enumerate(x.split(counts.tolist())):
+        for e, chunk in enumerate(x.split(sizes)):
             if chunk.shape[0] == 0:
                 continue
             h = F.dropout(self.act(F.linear(chunk, self.fc1_weight[e], self.fc1_bias[e])), self.dropout, self.training)
             outputs.append(F.linear(h, self.fc2_weight[e], self.fc2_bias[e]))
         return torch.cat(outputs) if outputs else x.new_zeros(0, self.fc2_weight.shape[1])
+
+    def _looped_inference(self, x, sizes):
+        # Without autograd the CPU path can write in place: quick_gelu(z) = silu(1.702 z) / 1.702,
+        # so fc1 is computed pre-scaled by 1.702 (addmm's alpha/beta), silu runs in place, and fc2
+        # divides by 1.702 through its alpha, writing straight into the output: one pass over the
+        # hidden activations instead of three, and no concatenation.
+        out = x.new_empty(x.shape[0], self.fc2_weight.shape[1])
+        start = 0
+        for e, n in enumerate(sizes):
+            if n == 0:
+                continue
+            rows = slice(start, start + n)
+            h = torch.addmm(self.fc1_bias[e], x[rows], self.fc1_weight[e].t(), beta=1.702, alpha=1.702)
+            F.silu(h, inplace=True)
+            torch.addmm(self.fc2_bias[e], h, self.fc2_weight[e].t(), alpha=1 / 1.702, out=out[rows])
+            start += n
+        return out
 
 
 class MoEFeedForward(nn.Module):
@@ -130,15 +150,18 @@ class MoEFeedForward(nn.Module):
         flat_experts = experts.reshape(-1)
         order = flat_experts.argsort(stable=True)
         counts = torch.bincount(flat_experts, minlength=self.router.num_experts)
-        y = self.experts(x[order // self.top_k], flat_experts[order], counts)
+        token = order // self.top_k
+        y = self.experts(x[token], flat_experts[order], counts)
 
-        # Weight each pair, put the pairs back in (token, slot) order and sum over the k slots.
-        # A gather by the inverse permutation is deterministic, unlike index_add_ on CUDA.
-        y = y * weights.reshape(-1)[order].unsqueeze(-1)
+        pair_weights = weights.reshape(-1)[order].unsqueeze(-1)
+        y = y.mul_(pair_weights) if not torch.is_grad_enabled() else y * pair_weights
+        if not y.is_cuda:  # on CPU index_add_ is deterministic and reads the pairs once
+            return x.new_zeros(x.shape).index_add_(0, token, y).view(shape), logits
+        # On CUDA index_add_ uses atomics (nondeterministic): put the pairs back in (token, slot)
+        # order with the inverse permutation and sum over the k slots instead.
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
-        out = y[inverse].view(x.shape[0], self.top_k, -1).sum(dim=1)
-        return out.view(shape), logits
+        return y[inverse].view(x.shape[0], self.top_k, -1).sum(dim=1).view(shape), logits
 
 
 def _token_weights(router_logits: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:

@@ -36,15 +36,17 @@ def reference(layer, x):
 
 
 @pytest.mark.legacy
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "inference"])
 @pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("num_experts,top_k,normalize", [(4, 2, True), (4, 1, True), (3, 2, False), (8, 3, True)])
-def test_dispatch_equals_per_token_loop(grouped, num_experts, top_k, normalize, monkeypatch):
+def test_dispatch_equals_per_token_loop(grouped, grad, num_experts, top_k, normalize, monkeypatch):
     if grouped and not hasattr(torch.nn.functional, "grouped_mm"):
         pytest.skip("this torch has no grouped_mm")
     monkeypatch.setattr(StackedExperts, "prefer_grouped_mm", grouped)
     layer = _moe(num_experts, top_k, normalize)
     x = torch.randn(2, 9, 16)
-    out, logits = layer(x)
+    with torch.set_grad_enabled(grad):
+        out, logits = layer(x)
     ref = reference(layer, x.reshape(-1, 16)).view_as(x)
     assert (out - ref).abs().max().item() <= 1e-5
     assert logits.shape == (18, num_experts)
