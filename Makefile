@@ -19,7 +19,7 @@ $(STAMP):
 	$(PIP) install -q -r requirements/torch.txt
 	$(PIP) install -q -r requirements/torch.txt -r requirements/base.txt
 	# DeepSpeed's CPU communication op is compiled now, not at the first launch of a test
-	DS_BUILD_SHM_COMM=1 $(PIP) install -q --no-build-isolation deepspeed==0.19.8
+	DS_BUILD_SHM_COMM=1 $(PIP) install -q --no-build-isolation --no-cache-dir deepspeed==0.19.8
 	# llava-torch pins 2023 releases of everything: install it alone, its real imports are in base.txt
 	$(PIP) install -q --no-deps llava-torch==1.2.2.post1
 	$(PIP) install -q --no-deps --no-build-isolation -e .
@@ -43,6 +43,7 @@ $(LEGACY_STAMP):
 	$(PYTHON) -m venv $(LEGACY)
 	$(LEGACY)/bin/pip install -q torch==2.13.0
 	$(LEGACY)/bin/pip install -q torch==2.13.0 -r requirements/legacy.txt
+	# DeepSpeed JIT-compiles its CPU op (~35 s) at the first launch in this environment
 	$(LEGACY)/bin/pip install -q --no-build-isolation deepspeed==0.19.8
 	$(LEGACY)/bin/pip install -q --no-deps llava-torch==1.2.2.post1
 	$(LEGACY)/bin/pip install -q --no-deps --no-build-isolation -e .
