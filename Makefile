@@ -22,6 +22,9 @@ $(STAMP):
 	DS_BUILD_SHM_COMM=1 $(PIP) install -q --no-build-isolation --no-cache-dir deepspeed==0.19.8
 	# llava-torch pins 2023 releases of everything: install it alone, its real imports are in base.txt
 	$(PIP) install -q --no-deps llava-torch==1.2.2.post1
+	# sentencepiece 0.2.3 reads tokenizer.model (Vicuna's) only with protobuf >= 7.36.1; lmms-eval pins
+	# wandb 0.25.0, which asks for protobuf < 7 but is only imported for --wandb_args (guarded there)
+	$(PIP) install -q --no-deps protobuf==7.36.2
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $@
 

@@ -177,7 +177,7 @@ class CLIPMoEVisionTransformer(nn.Module):
 class CLIPMoEVisionEmbeddings(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.image_size, self.patch_size = config.image_size, config.patch_size
+        self.image_size, self.patch_size, self.embed_dim = config.image_size, config.patch_size, config.hidden_size
         self.class_embedding = nn.Parameter(torch.empty(config.hidden_size))
         self.patch_embedding = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size, config.patch_size, bias=False)
         self.num_patches = (config.image_size // config.patch_size) ** 2
@@ -312,15 +312,16 @@ class CLIPMoEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Conv2d):
             _init.normal_(module.weight, std=std * factor)
         elif isinstance(module, CLIPMoEVisionEmbeddings):
-            _init.normal_(module.class_embedding, std=module.class_embedding.shape[0] ** -0.5 * factor)
+            _init.normal_(module.class_embedding, std=module.embed_dim**-0.5 * factor)
             _reset_positions(module)
         elif isinstance(module, CLIPMoETextEmbeddings):
             _reset_positions(module)
         elif isinstance(module, TopKRouter):
             _init.normal_(module.weight, std=std)
         elif isinstance(module, StackedExperts):
-            _init.normal_(module.fc1_weight, std=(2 * module.fc1_weight.shape[2]) ** -0.5 * factor)
-            _init.normal_(module.fc2_weight, std=(2 * module.fc2_weight.shape[2]) ** -0.5 * factor)
+            # sizes from the module, not the tensors: under ZeRO-3 a partitioned tensor has shape (0,)
+            _init.normal_(module.fc1_weight, std=(2 * module.hidden_size) ** -0.5 * factor)
+            _init.normal_(module.fc2_weight, std=(2 * module.intermediate_size) ** -0.5 * factor)
             _init.zeros_(module.fc1_bias)
             _init.zeros_(module.fc2_bias)
         elif isinstance(module, CLIPMoEModel):

@@ -67,6 +67,7 @@ class StackedExperts(nn.Module):
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, hidden_act: str, dropout: float = 0.0):
         super().__init__()
+        self.hidden_size, self.intermediate_size = hidden_size, intermediate_size
         self.fc1_weight = nn.Parameter(torch.empty(num_experts, intermediate_size, hidden_size))
         self.fc1_bias = nn.Parameter(torch.empty(num_experts, intermediate_size))
         self.fc2_weight = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))

@@ -1,0 +1,154 @@
+"""`clipmoe dmu ...`: run (the DMU pipeline), baseline (direct-ft / upcycling), train (one
+contrastive run), routing (statistics of a CLIP-MoE), table (DMU + both baselines + held-out
+retrieval in one comparison table). Every DMUSettings field is a flag (--lr-router, --no-restart-from-base, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+
+
+def _optional(kind):
+    def parse(text):
+        return None if text.lower() in ("none", "null", "") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _add_settings_flags(parser):
+    from .pipeline import DMUSettings
+
+    hints = typing.get_type_hints(DMUSettings)
+    group = parser.add_argument_group("DMU settings (defaults = the paper's)")
+    for field in dataclasses.fields(DMUSettings):
+        flag = "--" + field.name.replace("_", "-")
+        hint, default = hints[field.name], field.default
+        if hint is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            continue
+        base = next((t for t in (int, float, str) if t is hint or t in typing.get_args(hint)), str)
+        parse = _optional(base) if type(None) in typing.get_args(hint) else base
+        group.add_argument(flag, type=parse, default=default, help=f"default {default}")
+
+
+def _settings(args):
+    from .pipeline import DMUSettings
+
+    return DMUSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DMUSettings)})
+
+
+def _common(parser, out_help="run folder (rerun the same command to resume)"):
+    parser.add_argument("--base", required=True, help="dense CLIP directory (save_pretrained + tokenizer + image processor)")
+    parser.add_argument("--data", required=True, help="ShareGPT4V/LLaVA JSON, JSONL {image, caption} or img2dataset folder")
+    parser.add_argument("--image-root", default=None, help="where relative image paths start (default: the data file's folder)")
+    parser.add_argument("--out", required=True, help=out_help)
+    _add_settings_flags(parser)
+
+
+def register(subparsers) -> None:
+    """Add `clipmoe dmu {run,baseline,table,train,prepare-base,routing}`."""
+    dmu = subparsers.add_parser("dmu", help="Diversified Multiplet Upcycling: build a CLIP-MoE from a dense CLIP, and baselines")
+    sub = dmu.add_subparsers(dest="dmu_command", required=True)
+
+    p = sub.add_parser("run", help="the whole DMU pipeline (features, k-means, MCL stages, assembly, routers)")
+    _common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("baseline", help="direct fine-tune or sparse upcycling on the same data and budget")
+    p.add_argument("--kind", required=True, choices=("direct-ft", "upcycling"))
+    _common(p, "folder; the baseline goes to <out>/<kind>")
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("table", help="DMU + both baselines + held-out retrieval: the paper's comparison in one table")
+    _common(p, "folder: <out>/dmu, <out>/baselines, <out>/table.{json,md}")
+    p.add_argument("--eval-data", required=True, help="held-out image-caption pairs (any supported format)")
+    p.add_argument("--eval-image-root", default=None)
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("train", help="one contrastive training run of a dense CLIP or CLIP-MoE directory")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--image-root", default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--trainable", default="all", choices=("all", "ffn", "router", "router+experts"))
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32, help="global batch")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--lr-router", type=_optional(float), default=None)
+    p.add_argument("--weight-decay", type=float, default=0.2)
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--logit-scale", type=_optional(float), default=100.0, help="frozen multiplier, or 'none' to train the model's")
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--mixed-precision", default="auto")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("prepare-base", help="save a dense CLIP (hub id or dir) with tokenizer + processor, optionally 248 text positions")
+    p.add_argument("--model", required=True, help="e.g. openai/clip-vit-large-patch14-336")
+    p.add_argument("--out", required=True)
+    p.add_argument("--text-positions", type=int, default=None, help="248 = Long-CLIP's stretch of 77 (the paper's setting)")
+    p.set_defaults(func=cmd_prepare_base)
+
+    p = sub.add_parser("routing", help="per-layer routing statistics (1st/2nd choice, load, entropy) of a CLIP-MoE")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--image-root", default=None)
+    p.add_argument("--max-samples", type=int, default=256)
+    p.add_argument("--json", default=None, help="write the statistics here (default: print)")
+    p.set_defaults(func=cmd_routing)
+
+
+def cmd_run(args) -> int:
+    from .pipeline import run_dmu
+
+    print(run_dmu(args.base, args.data, args.out, _settings(args), args.image_root))
+    return 0
+
+
+def cmd_baseline(args) -> int:
+    from .pipeline import run_baseline
+
+    print(run_baseline(args.kind, args.base, args.data, args.out, _settings(args), args.image_root))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .trainer import train_contrastive
+
+    print(train_contrastive(args.model, args.data, args.out, trainable=args.trainable, epochs=args.epochs, batch_size=args.batch_size,
+                            lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, logit_scale=args.logit_scale,
+                            image_root=args.image_root, seed=args.seed, save_every=args.save_every, skip_bad=args.skip_bad,
+                            mixed_precision=args.mixed_precision, lr_router=args.lr_router))
+    return 0
+
+
+def cmd_prepare_base(args) -> int:
+    from .base import prepare_base
+
+    print(prepare_base(args.model, args.out, args.text_positions))
+    return 0
+
+
+def cmd_routing(args) -> int:
+    from .pipeline import routing_statistics
+
+    stats = routing_statistics(args.model, args.data, args.image_root, args.max_samples)
+    text = json.dumps(stats, indent=1)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text)
+    else:
+        print(text)
+    return 0
+
+
+def cmd_table(args) -> int:
+    from .table import comparison_table
+
+    table = comparison_table(args.base, args.data, args.out, _settings(args), args.eval_data, args.image_root, args.eval_image_root)
+    print(table["markdown"])
+    return 0

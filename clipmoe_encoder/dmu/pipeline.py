@@ -1,0 +1,351 @@
+"""The DMU recipe end to end, resumable, plus the two baselines on the same data and budget.
+
+Run folder layout (every piece is written atomically and reused on a rerun):
+  settings.json                 the settings of the run (a rerun with different results-affecting settings is refused)
+  features/stage<s>.safetensors embeddings of the stage-s model (stage 0 = base) over the training set
+  clusters/labels_stage<s>.safetensors  accumulated cluster labels after clustering stage s
+  mcl<s>/                       MCL stage s: log.jsonl, checkpoints/, model/ (dense CLIP), done.json
+  router/                       router stage: log.jsonl, checkpoints/, done.json
+  final/                        the CLIP-MoE (save_pretrained + tokenizer + image processor)
+  report.json, report.md
+
+Budget of the baselines: DMU makes (num_experts - 1) * mcl_epochs + router_epochs passes over the
+training set at one global batch size, so each baseline trains for that many epochs of ordinary
+shuffled batches at the same global batch size. DMU's MCL stages drop the samples that do not fill
+a cluster batch (reported), so a baseline sees at least as many samples as DMU does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import CLIPMoEError
+from ..upcycle import assemble_experts, upcycle
+from .clustering import cluster_features
+from .data import ImageTextDataset, load_records
+from .distributed import make_accelerator
+from .features import compute_features, load_tensors, save_tensors
+from .models import (
+    load_model,
+    load_preprocessors,
+    save_model_dir,
+    set_frozen_logit_scale,
+    text_length,
+    tower_depth,
+)
+from .report import write_report
+from .routing import collect_routing
+from .trainer import StageSpec, finish_stage, read_done, train_stage, write_done
+
+BASELINES = ("direct-ft", "upcycling")
+
+
+@dataclass
+class DMUSettings:
+    """Every knob of the pipeline; defaults are the paper's / official code's (router lr excepted)."""
+
+    num_experts: int = 4
+    top_k: int = 2
+    clusters_per_modality: int = 3  # k-means k on images and on texts: 3 x 3 = 9 joint clusters per stage
+    mcl_epochs: int = 1
+    router_epochs: int = 1
+    batch_size: int = 800  # GLOBAL batch (8 GPUs x 100 in the paper)
+    lr_mcl: float = 1e-5
+    wd_mcl: float = 0.2
+    warmup_steps: int = 200
+    # The official 1e-6 leaves the routers at their random init (see the reference notes); 1e-3 moves them.
+    lr_router: float = 1e-3
+    wd_router: float = 0.01
+    router_trains: str = "router"  # or "router+experts" (experts then use lr_mcl)
+    lb_coef: float = 0.01
+    z_coef: float = 0.0
+    expert_dropout: float = 0.1  # inside experts during router training, as the official code
+    label_smoothing: float = 0.1
+    logit_scale: float | None = 100.0  # frozen multiplier; None = use and train the model's
+    mcl_towers: str = "both"  # or "vision": only the vision FFNs train, and only the vision tower gets MoE
+    last_k_blocks: int | None = None  # MCL trains (and MoE replaces) only the last K blocks of each tower
+    small_clusters: str = "drop"  # or "merge": leftovers of clusters go into mixed batches
+    restart_from_base: bool = True  # each MCL stage starts from the base (official); False = from the previous stage
+    save_every: int = 500
+    seed: int = 0
+    num_workers: int = 0
+    grad_checkpointing: bool = False
+    mixed_precision: str = "auto"  # "auto" = bf16 on CUDA, none on CPU; or "no" / "bf16" / "fp16"
+    skip_bad: bool = False
+    data_format: str = "auto"
+    feature_batch_size: int = 256
+    max_grad_norm: float | None = None
+    direct_ft_trainable: str = "all"  # direct fine-tune baseline: "all" or "ffn"
+    upcycling_trains: str = "router+experts"  # sparse-upcycling baseline: "router+experts" or "router"
+    routing_stats_samples: int = 256
+
+    def validate(self):
+        checks = [
+            (self.num_experts >= 2, "num_experts must be at least 2 (expert 0 is the base FFN)"),
+            (1 <= self.top_k <= self.num_experts, f"top_k must be between 1 and num_experts={self.num_experts}"),
+            (self.clusters_per_modality >= 1, "clusters_per_modality must be positive"),
+            (self.batch_size >= 2, "batch_size must be at least 2"),
+            (self.router_trains in ("router", "router+experts"), "router_trains must be 'router' or 'router+experts'"),
+            (self.mcl_towers in ("both", "vision"), "mcl_towers must be 'both' or 'vision'"),
+            (self.small_clusters in ("drop", "merge"), "small_clusters must be 'drop' or 'merge'"),
+            (self.direct_ft_trainable in ("all", "ffn"), "direct_ft_trainable must be 'all' or 'ffn'"),
+            (self.upcycling_trains in ("router", "router+experts"), "upcycling_trains must be 'router' or 'router+experts'"),
+            (self.last_k_blocks is None or self.last_k_blocks >= 1, "last_k_blocks must be positive"),
+            (self.save_every >= 1, "save_every must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CLIPMoEError(f"settings: {message}")
+        return self
+
+
+# Settings that do not change the result: a rerun may change them freely.
+_FREE_SETTINGS = {"save_every", "num_workers", "feature_batch_size", "routing_stats_samples"}
+
+
+def _check_settings(accelerator, out_dir, settings, extra):
+    """First run: write settings.json. Rerun: refuse settings that would change the result."""
+    path = os.path.join(out_dir, "settings.json")
+    current = dict(dataclasses.asdict(settings), **extra)
+    if os.path.isfile(path):
+        with open(path) as f:
+            saved = json.load(f)
+        for key, value in current.items():
+            if key not in _FREE_SETTINGS and key in saved and saved[key] != value:
+                raise CLIPMoEError(f"{path}: field {key!r} was {saved[key]!r} for this run folder, now {value!r}; "
+                                   "use a new --out folder (or the old value) to resume")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(current, f, indent=1)
+        os.replace(path + ".tmp", path)
+    accelerator.wait_for_everyone()
+
+
+def _prepare(base_dir, data_path, out_dir, settings, image_root, extra):
+    settings.validate()
+    accelerator = make_accelerator(settings.mixed_precision)
+    out_dir = os.fspath(out_dir)
+    records, data_report = load_records(data_path, image_root, settings.data_format, settings.skip_bad)
+    tokenizer, processor = load_preprocessors(base_dir)
+    base = load_model(base_dir)
+    if base.config.model_type != "clip":
+        raise CLIPMoEError(f"{base_dir}: the base must be a dense two-tower CLIP (model_type 'clip'), got {base.config.model_type!r}")
+    # only once the inputs are known to be good, so a typo does not pin the run folder to a bad path
+    _check_settings(accelerator, out_dir, settings, dict(extra, base=os.path.abspath(base_dir), data=os.path.abspath(data_path)))
+    set_frozen_logit_scale(base, settings.logit_scale)
+    dataset = ImageTextDataset(records, processor, tokenizer, text_length(base, tokenizer), settings.skip_bad)
+    return accelerator, out_dir, base, tokenizer, processor, dataset, data_report
+
+
+def _mcl_spec(settings, stage):
+    return StageSpec(name=f"mcl{stage}", trainable="ffn", towers=settings.mcl_towers, last_k_blocks=settings.last_k_blocks,
+                     epochs=settings.mcl_epochs, global_batch=settings.batch_size, lr=settings.lr_mcl, weight_decay=settings.wd_mcl,
+                     warmup_steps=settings.warmup_steps, label_smoothing=settings.label_smoothing, logit_scale=settings.logit_scale,
+                     save_every=settings.save_every, seed=settings.seed + stage, num_workers=settings.num_workers,
+                     grad_checkpointing=settings.grad_checkpointing, small_clusters=settings.small_clusters,
+                     max_grad_norm=settings.max_grad_norm, skip_bad=settings.skip_bad)
+
+
+def _moe_spec(settings, name, trains, epochs, seed):
+    return StageSpec(name=name, trainable=trains, towers="both", last_k_blocks=None, epochs=epochs, global_batch=settings.batch_size,
+                     lr=settings.lr_mcl, weight_decay=settings.wd_mcl, lr_router=settings.lr_router, wd_router=settings.wd_router,
+                     warmup_steps=settings.warmup_steps, label_smoothing=settings.label_smoothing, logit_scale=settings.logit_scale,
+                     aux_loss=True, lb_coef=settings.lb_coef, z_coef=settings.z_coef, save_every=settings.save_every, seed=seed, num_workers=settings.num_workers,
+                     grad_checkpointing=settings.grad_checkpointing, max_grad_norm=settings.max_grad_norm, skip_bad=settings.skip_bad)
+
+
+def _moe_layout(settings, base):
+    """moe_layers / text_moe_layers: every block, or the last K; no text MoE when only vision FFNs trained."""
+    vision = settings.last_k_blocks  # None = every block
+    if settings.mcl_towers == "vision":
+        text = []
+    elif settings.last_k_blocks is None:
+        text = "same"
+    else:
+        text = min(settings.last_k_blocks, tower_depth(base, "text"))
+    return vision, text
+
+
+def _moe_kwargs(settings):
+    return {"expert_dropout": settings.expert_dropout, "router_aux_loss_coef": settings.lb_coef, "router_z_loss_coef": settings.z_coef}
+
+
+def _ffn_only(stage_model, base):
+    """A stage model whose every tensor but the FFNs is the base's, in fp32: only the FFNs are taken
+    from an MCL stage, so a trained logit scale (logit_scale=None) or the bf16 copy a DeepSpeed run
+    saved cannot make the checkpoints disagree outside the experts."""
+    stage_model = stage_model.float()
+    state = {k: v for k, v in base.state_dict().items() if ".mlp.fc1." not in k and ".mlp.fc2." not in k}
+    stage_model.load_state_dict(state, strict=False)
+    return stage_model
+
+
+def _cluster_stats(labels):
+    labels = np.asarray(labels)
+    used = labels[labels >= 0]
+    sizes = np.bincount(np.unique(used, return_inverse=True)[1]) if used.size else np.zeros(0, dtype=int)
+    return {"nonempty_clusters": len(sizes), "largest": int(sizes.max()) if sizes.size else 0,
+            "smallest": int(sizes.min()) if sizes.size else 0, "unlabelled": int((labels < 0).sum())}
+
+
+def _stage_labels(accelerator, out_dir, s, model_dir_or_model, dataset, previous, settings, timings):
+    """Accumulated labels after clustering with the stage-s model (cached on disk)."""
+    labels_path = os.path.join(out_dir, "clusters", f"labels_stage{s}.safetensors")
+    if not os.path.isfile(labels_path):
+        t0 = time.time()
+        features_path = os.path.join(out_dir, "features", f"stage{s}.safetensors")
+        if os.path.isfile(features_path):
+            feats = load_tensors(features_path)
+        else:
+            model = load_model(model_dir_or_model) if isinstance(model_dir_or_model, str) else model_dir_or_model
+            feats = compute_features(accelerator, model, dataset, settings.feature_batch_size, settings.num_workers, desc=f"features{s}")
+            if accelerator.is_main_process:
+                os.makedirs(os.path.dirname(features_path), exist_ok=True)
+                save_tensors(feats, features_path)
+        timings[f"features{s}"] = time.time() - t0
+        if accelerator.is_main_process:
+            t1 = time.time()
+            k = settings.clusters_per_modality
+            labels = cluster_features(feats["image"].numpy(), feats["text"].numpy(), feats["valid"].numpy(), previous, k, k, settings.seed + 100 * s)
+            os.makedirs(os.path.dirname(labels_path), exist_ok=True)
+            save_tensors({"labels": torch.from_numpy(labels)}, labels_path)
+            timings[f"clustering{s}"] = time.time() - t1
+            with open(os.path.join(out_dir, "timings.json"), "w") as f:  # survives a kill before the report
+                json.dump(timings, f)
+        accelerator.wait_for_everyone()
+    return load_tensors(labels_path)["labels"].numpy()
+
+
+def run_dmu(base_dir, data_path, out_dir, settings: DMUSettings | None = None, image_root=None) -> str:
+    """Diversified Multiplet Upcycling from a dense CLIP directory; returns the CLIP-MoE directory.
+
+    Stages: features + k-means of the base -> MCL stage 1 on cluster batches -> features + k-means
+    of stage 1 (labels accumulate) -> ... -> MCL stage N-1 -> assemble (expert 0 = base FFN, expert s
+    = stage-s FFN) -> router training with InfoNCE + load balancing -> out_dir/final + report.
+    Rerunning the same call resumes: finished stages are skipped, a stage resumes from its last
+    checkpoint, cached features and labels are reused.
+    """
+    settings = settings or DMUSettings()
+    accelerator, out_dir, base, tokenizer, processor, dataset, data_report = _prepare(base_dir, data_path, out_dir, settings, image_root, {"pipeline": "dmu"})
+    final_dir = os.path.join(out_dir, "final")
+    timings_path = os.path.join(out_dir, "timings.json")
+    timings = {}
+    if os.path.isfile(timings_path):  # kept across resumes
+        with open(timings_path) as f:
+            timings = json.load(f)
+    stages, clusters = {}, {}
+    labels = None
+    stage_models = [base]
+    for s in range(settings.num_experts - 1):
+        source = base if s == 0 else os.path.join(out_dir, f"mcl{s}", "model")
+        stage_dir = os.path.join(out_dir, f"mcl{s + 1}")
+        done = read_done(stage_dir)
+        if done is None or not os.path.isfile(os.path.join(out_dir, "clusters", f"labels_stage{s}.safetensors")):
+            labels = _stage_labels(accelerator, out_dir, s, source, dataset, labels, settings, timings)
+        else:
+            labels = load_tensors(os.path.join(out_dir, "clusters", f"labels_stage{s}.safetensors"))["labels"].numpy()
+        clusters[f"stage{s}"] = _cluster_stats(labels)
+        if done is None:
+            start = base_dir if settings.restart_from_base or s == 0 else os.path.join(out_dir, f"mcl{s}", "model")
+            model = load_model(start)
+            torch.manual_seed(settings.seed + s + 1)
+            summary = train_stage(accelerator, model, dataset, _mcl_spec(settings, s + 1), stage_dir, labels)
+            finish_stage(accelerator, summary, stage_dir, tokenizer, processor)
+            done = read_done(stage_dir)
+        stages[f"mcl{s + 1}"] = done
+        stage_models.append(os.path.join(stage_dir, "model"))
+
+    router_dir = os.path.join(out_dir, "router")
+    done = read_done(router_dir)
+    if done is None or not os.path.isdir(final_dir):
+        vision_layers, text_layers = _moe_layout(settings, base)
+        experts = [base] + [_ffn_only(load_model(m), base) for m in stage_models[1:]]
+        model = assemble_experts(experts, settings.top_k, vision_layers, text_moe_layers=text_layers, seed=settings.seed, **_moe_kwargs(settings))
+        del experts
+        torch.manual_seed(settings.seed + settings.num_experts)
+        summary = train_stage(accelerator, model, dataset, _moe_spec(settings, "router", settings.router_trains, settings.router_epochs,
+                                                                         settings.seed + settings.num_experts), router_dir)
+        if accelerator.is_main_process:
+            save_model_dir(summary["model"], tokenizer, processor, final_dir)
+        accelerator.wait_for_everyone()
+        write_done(accelerator, router_dir, summary)
+        done = read_done(router_dir)
+    stages["router"] = done
+    if accelerator.is_main_process:
+        with open(timings_path, "w") as f:
+            json.dump(timings, f)
+        routing = routing_statistics(final_dir, data_path, image_root, settings.routing_stats_samples, _dataset=dataset)
+        write_report(out_dir, "dmu", settings, data_report, stages, clusters, timings, routing)
+    accelerator.wait_for_everyone()
+    return final_dir
+
+
+def run_baseline(kind: str, base_dir, data_path, out_dir, settings: DMUSettings | None = None, image_root=None) -> str:
+    """A baseline of the paper's table on the same data and budget; returns its model directory.
+
+    kind "direct-ft": the dense CLIP fine-tuned (all parameters, or the FFNs with
+    settings.direct_ft_trainable="ffn") at lr_mcl / wd_mcl.
+    kind "upcycling": sparse upcycling, the base FFN copied to every expert (same MoE layout as
+    DMU), routers added, then routers + experts trained (settings.upcycling_trains) with the
+    router-stage losses and learning rates.
+    Budget: (num_experts - 1) * mcl_epochs + router_epochs epochs at batch_size (see module doc).
+    Writes out_dir/<kind>/{log.jsonl, checkpoints/, model/, report.json, report.md}; resumable.
+    """
+    if kind not in BASELINES:
+        raise CLIPMoEError(f"baseline kind must be one of {', '.join(BASELINES)}, got {kind!r}")
+    settings = settings or DMUSettings()
+    stage_dir = os.path.join(os.fspath(out_dir), kind)
+    accelerator, _, base, tokenizer, processor, dataset, data_report = _prepare(base_dir, data_path, stage_dir, settings, image_root, {"pipeline": kind})
+    epochs = (settings.num_experts - 1) * settings.mcl_epochs + settings.router_epochs
+    done = read_done(stage_dir)
+    if done is None:
+        torch.manual_seed(settings.seed)
+        if kind == "direct-ft":
+            model = base
+            spec = dataclasses.replace(_mcl_spec(settings, 0), name=kind, trainable=settings.direct_ft_trainable, towers="both",
+                                       last_k_blocks=None, epochs=epochs, seed=settings.seed)
+        else:
+            vision_layers, text_layers = _moe_layout(dataclasses.replace(settings, mcl_towers="both"), base)
+            model = upcycle(base, settings.num_experts, settings.top_k, vision_layers, text_moe_layers=text_layers, seed=settings.seed, **_moe_kwargs(settings))
+            spec = _moe_spec(settings, kind, settings.upcycling_trains, epochs, settings.seed)
+        summary = train_stage(accelerator, model, dataset, spec, stage_dir)
+        finish_stage(accelerator, summary, stage_dir, tokenizer, processor)
+        done = read_done(stage_dir)
+    model_dir = os.path.join(stage_dir, "model")
+    if accelerator.is_main_process:
+        routing = routing_statistics(model_dir, data_path, image_root, settings.routing_stats_samples, _dataset=dataset) if kind == "upcycling" else None
+        write_report(stage_dir, kind, settings, data_report, {kind: done}, {}, {}, routing)
+    accelerator.wait_for_everyone()
+    return model_dir
+
+
+def routing_statistics(model_dir, data_path, image_root=None, max_samples: int = 256, batch_size: int = 32, device=None,
+                       _dataset=None) -> dict:
+    """Routing of a CLIP-MoE directory over the first max_samples pairs of a data file.
+
+    Returns {"num_experts", "top_k", "samples", "vision": {...}, "text": {...}} where each tower has,
+    per MoE layer (lists aligned with "layers"): "first_choice" and "second_choice" (fraction of
+    tokens whose 1st / 2nd choice is each expert), "load" (share of all top-k assignments per
+    expert), "entropy" (mean router entropy in nats; "max_entropy" = ln E). Text padding excluded.
+    device: where to run (default: CUDA when available).
+    """
+    from ..modeling import CLIPMoEModel
+
+    model = load_model(model_dir)
+    if not isinstance(model, CLIPMoEModel):
+        raise CLIPMoEError(f"{model_dir}: routing statistics need a two-tower CLIP-MoE (model_type 'clipmoe')")
+    if _dataset is None:
+        tokenizer, processor = load_preprocessors(model_dir)
+        records, _ = load_records(data_path, image_root, skip_bad=True)
+        _dataset = ImageTextDataset(records[:max_samples], processor, tokenizer, text_length(model, tokenizer), skip_bad=True)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return collect_routing(model, _dataset, max_samples, batch_size, device)

@@ -1,0 +1,72 @@
+"""LLaVA-1.5 training entry point with CLIP-MoE (run by every DeepSpeed worker):
+
+    deepspeed [--hostfile H] --module llava_integration.train --deepspeed scripts/llava/zero2.json \
+        --vision_tower clipmoe ...  (all of llava/train/train.py's arguments)
+
+Extra arguments:
+  --mm_vision_moe_tune none|routers|routers_experts   what of the tower trains (default none: frozen)
+  --mm_vision_moe_lr LR                               learning rate of routers/experts (default: --learning_rate)
+  --mm_vision_moe_aux_loss_coef C                     load-balancing loss weight (default: the tower's config)
+  --attn_implementation sdpa|eager|flash_attention_2  language model attention (default: transformers' choice)
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+
+def _pop_option(argv: list, name: str, default=None):
+    """Remove `--name value` / `--name=value` from argv (LLaVA's parser does not know it)."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+            del argv[i:i + 2]
+            return value
+        if arg.startswith(name + "="):
+            del argv[i]
+            return arg.split("=", 1)[1]
+    return default
+
+
+def extend_model_arguments(base):
+    @dataclass
+    class ModelArguments(base):
+        mm_vision_moe_tune: str = field(
+            default="none", metadata={"help": "CLIP-MoE tower: none (frozen), routers, or routers_experts"})
+        mm_vision_moe_lr: float | None = field(
+            default=None, metadata={"help": "learning rate of the trainable routers/experts"})
+        mm_vision_moe_aux_loss_coef: float | None = field(
+            default=None, metadata={"help": "weight of the MoE load-balancing loss (training only)"})
+
+    return ModelArguments
+
+
+def prepare():
+    """Register the plugin and install the CLIP-MoE pieces into llava.train.train."""
+    import llava_integration
+
+    llava_integration.register()
+    import llava.train.train as llava_train
+    from llava.train import llava_trainer
+
+    from .trainer import CLIPMoELLaVATrainer, with_trainable_tower_keys
+
+    if not getattr(llava_train.ModelArguments, "_clipmoe", False):
+        llava_train.ModelArguments = extend_model_arguments(llava_train.ModelArguments)
+        llava_train.ModelArguments._clipmoe = True
+    llava_train.LLaVATrainer = CLIPMoELLaVATrainer
+    for module in (llava_train, llava_trainer):
+        module.get_mm_adapter_state_maybe_zero_3 = with_trainable_tower_keys(module.get_mm_adapter_state_maybe_zero_3)
+    return llava_train
+
+
+def main(argv=None):
+    if argv is not None:
+        sys.argv[1:] = list(argv)
+    attn = _pop_option(sys.argv, "--attn_implementation")
+    prepare().train(attn_implementation=attn)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""LLaVA's trainer with the CLIP-MoE options, and the trainer API changes of newer transformers.
+
+* routers / experts: made trainable again after LLaVA's stage-1 freeze, kept in the language
+  model's dtype (LLaVA casts the tower to fp16/bf16, fine for a frozen tower only), given their
+  own learning rate (`--mm_vision_moe_lr`), declared ZeRO-3 leaf modules, and saved with the
+  projector in stage 1 (LLaVA's projector-only save would drop them).
+* saving: views of one ZeRO-3 buffer are copied apart, else safetensors drops all but one.
+* transformers >= 4.46/5.0: `tokenizer=` became `processing_class=`; 4.47 dropped `metrics` from
+  `_save_checkpoint`; 4.52 passes the dataset to `_get_train_sampler`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+from transformers import Trainer
+
+from clipmoe_encoder.tower import CLIPMoEVisionTower, declare_zero3_leaves
+
+from . import compat
+
+compat.patch_trainer_imports()  # before llava.train.llava_trainer is imported
+from llava.train.llava_trainer import LLaVATrainer
+
+_TRAINER_PARAMS = set(inspect.signature(Trainer.__init__).parameters)
+_SAVE_TAKES_METRICS = "metrics" in inspect.signature(Trainer._save_checkpoint).parameters
+_SAMPLER_TAKES_DATASET = len(inspect.signature(Trainer._get_train_sampler).parameters) > 1
+
+
+def clipmoe_tower(model):
+    model = getattr(model, "module", model)
+    get = getattr(model, "get_vision_tower", None)
+    tower = get() if get is not None else None
+    return tower if isinstance(tower, CLIPMoEVisionTower) else None
+
+
+class CLIPMoELLaVATrainer(LLaVATrainer):
+    def __init__(self, *args, tokenizer=None, **kwargs):
+        if tokenizer is not None:
+            kwargs["tokenizer" if "tokenizer" in _TRAINER_PARAMS else "processing_class"] = tokenizer
+        super().__init__(*args, **kwargs)
+        self._prepare_tower()
+
+    def _prepare_tower(self):
+        tower = clipmoe_tower(self.model)
+        if tower is None:
+            return
+        tower.set_trainable(tower.tune)  # stage 1 (tune_mm_mlp_adapter) froze the whole model again
+        if tower.tune != "none":
+            tower.to(dtype=self.model.get_model().embed_tokens.weight.dtype)
+        declare_zero3_leaves(self.model)
+
+    def create_optimizer(self):
+        optimizer = super().create_optimizer()
+        tower = clipmoe_tower(self.model)
+        lr = getattr(self.model.config, "mm_vision_moe_lr", None)
+        if tower is None or lr is None or getattr(self, "_clipmoe_groups_done", False):
+            return optimizer
+        moe = {id(p) for _, p in tower.moe_parameters() if p.requires_grad}
+        extra = []
+        for group in optimizer.param_groups:
+            mine = [p for p in group["params"] if id(p) in moe]
+            if mine:
+                group["params"] = [p for p in group["params"] if id(p) not in moe]
+                extra.append({**{k: v for k, v in group.items() if k != "params"}, "params": mine, "lr": lr})
+        optimizer.param_groups = [g for g in optimizer.param_groups if g["params"]]
+        for group in extra:
+            optimizer.add_param_group(group)
+        self._clipmoe_groups_done = True
+        return optimizer
+
+    def _save(self, output_dir=None, state_dict=None):
+        if state_dict is not None:
+            state_dict = unshare_views(state_dict)
+        return super()._save(output_dir, state_dict=state_dict)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.args.group_by_modality_length:
+            return LLaVATrainer._get_train_sampler(self)  # reads self.train_dataset
+        if _SAMPLER_TAKES_DATASET:
+            return Trainer._get_train_sampler(self, train_dataset)
+        return Trainer._get_train_sampler(self)
+
+    def _save_checkpoint(self, model, trial, metrics=None):
+        if getattr(self.args, "tune_mm_mlp_adapter", False):
+            return LLaVATrainer._save_checkpoint(self, model, trial)  # projector (+ trainable tower) only
+        if _SAVE_TAKES_METRICS:
+            return Trainer._save_checkpoint(self, model, trial, metrics=metrics)
+        return Trainer._save_checkpoint(self, model, trial)
+
+
+def unshare_views(state_dict: dict) -> dict:
+    """Copy tensors that are distinct views of one storage.
+
+    ZeRO-3's consolidated 16-bit state dict can return parameters as views of one gathered buffer
+    (seen for the projector with transformers 4.37 + DeepSpeed 0.19); transformers' safetensors
+    save then keeps one of them and drops the others as "shared tensors", silently losing
+    weights. Real ties (same data pointer and shape) stay shared.
+    """
+    first_of_storage = {}
+    out = {}
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and value.device.type != "meta":
+            first = first_of_storage.setdefault(value.untyped_storage().data_ptr(), value)
+            if first is not value and (first.data_ptr() != value.data_ptr() or first.shape != value.shape):
+                value = value.clone()
+        out[key] = value
+    return out
+
+
+def with_trainable_tower_keys(get_state):
+    """Wrap LLaVA's get_mm_adapter_state_maybe_zero_3 so that the stage-1 save (projector only)
+    also keeps the tower parameters that were trained (routers, experts)."""
+    if getattr(get_state, "_clipmoe", False):
+        return get_state
+
+    @functools.wraps(get_state)
+    def get_mm_adapter_state_maybe_zero_3(named_params, keys_to_match):
+        named_params = list(named_params)
+        trained = [n for n, p in named_params if ".vision_tower.vision_tower." in n and p.requires_grad]
+        return get_state(named_params, list(keys_to_match) + trained)
+
+    get_mm_adapter_state_maybe_zero_3._clipmoe = True
+    return get_mm_adapter_state_maybe_zero_3

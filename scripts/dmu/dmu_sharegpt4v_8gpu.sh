@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# CLIP-MoE by Diversified Multiplet Upcycling on ShareGPT4V, from openai/clip-vit-large-patch14-336,
+# with the paper's / official code's hyperparameters: 4 experts, top-2, 3 MCL stages of 1 epoch,
+# 3x3 k-means clusters per stage, global batch 800 (8 GPUs x 100), AdamW lr 1e-5 wd 0.2 for the
+# FFNs, 200 warmup steps + cosine, label smoothing 0.1, logit scale fixed at 100, 248 text
+# positions (Long-CLIP stretch), router stage 1 epoch with load balancing 0.01 and expert dropout
+# 0.1. Deliberate differences: router lr 1e-3 (the official 1e-6 leaves routers at random),
+# bf16 instead of fp16 AMP, a seeded sampler shared by all ranks.
+#
+# One node, 8 GPUs:   DATA=/data/sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json scripts/dmu/dmu_sharegpt4v_8gpu.sh
+# Several nodes:      run the same command on every node with NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT set;
+#                     OUT and BASE must be on a filesystem every node sees (checkpoints, features, labels live there).
+# DeepSpeed ZeRO-2:   LAUNCHER=accelerate (uses scripts/dmu/accelerate_deepspeed_zero2.yaml, or ACCELERATE_CONFIG).
+# Rerunning the same command resumes where the run stopped. Extra arguments go to `clipmoe dmu run`.
+# The baselines of the paper's table, same data and budget:  SUBCOMMAND="baseline --kind direct-ft" (or upcycling).
+set -euo pipefail
+
+DATA=${DATA:?set DATA to the ShareGPT4V json (hold out your validation records first)}
+IMAGE_ROOT=${IMAGE_ROOT:-$(dirname "$DATA")}
+OUT=${OUT:-runs/dmu-sharegpt4v-l14-336}
+BASE=${BASE:-checkpoints/clip-vit-large-patch14-336-248}
+NPROC=${NPROC:-8}
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+MASTER_PORT=${MASTER_PORT:-29500}
+LAUNCHER=${LAUNCHER:-torchrun}
+ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-$(dirname "$0")/accelerate_deepspeed_zero2.yaml}
+SUBCOMMAND=${SUBCOMMAND:-run}
+PYTHON=${PYTHON:-python}
+
+# The dense base: OpenAI's 336-px L/14 with the text positions stretched 77 -> 248 (node 0 writes it).
+if [ "$NODE_RANK" = 0 ] && [ ! -f "$BASE/config.json" ]; then
+  "$PYTHON" -m clipmoe_encoder.cli dmu prepare-base --model openai/clip-vit-large-patch14-336 --text-positions 248 --out "$BASE"
+fi
+until [ -f "$BASE/config.json" ]; do sleep 10; done
+
+ARGS=(dmu $SUBCOMMAND --base "$BASE" --data "$DATA" --image-root "$IMAGE_ROOT" --out "$OUT"
+  --num-experts 4 --top-k 2 --clusters-per-modality 3 --mcl-epochs 1 --router-epochs 1
+  --batch-size 800 --lr-mcl 1e-5 --wd-mcl 0.2 --warmup-steps 200
+  --lr-router 1e-3 --wd-router 0.01 --router-trains router --lb-coef 0.01 --z-coef 0 --expert-dropout 0.1
+  --label-smoothing 0.1 --logit-scale 100 --mcl-towers both --small-clusters drop
+  --save-every 200 --num-workers 8 --feature-batch-size 1024 --mixed-precision bf16 "$@")
+
+if [ "$LAUNCHER" = accelerate ]; then
+  exec accelerate launch --config_file "$ACCELERATE_CONFIG" --num_machines "$NNODES" --machine_rank "$NODE_RANK" \
+    --num_processes $((NPROC * NNODES)) --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" \
+    -m clipmoe_encoder.cli "${ARGS[@]}"
+fi
+exec "$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC" \
+  --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" -m clipmoe_encoder.cli "${ARGS[@]}"

@@ -1,0 +1,52 @@
+# Shared by pretrain.sh and finetune.sh (sourced, not run).
+# Launch settings (environment variables):
+#   NUM_GPUS      GPUs per node (default 8)          HOSTFILE     DeepSpeed hostfile for multi-node (default: single node)
+#   MASTER_PORT   rendezvous port (default 29500)   PYTHON       interpreter of the environment (default: python)
+#   CLIPMOE_LLAVA_TINY=1   run on the tiny LLaVA built by `python -m llava_integration.tiny` (CPU, CI)
+set -euo pipefail
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PYTHON=${PYTHON:-python}
+DEEPSPEED=${DEEPSPEED:-$(dirname "$(command -v "$PYTHON")")/deepspeed}
+[ -x "$DEEPSPEED" ] || DEEPSPEED=deepspeed
+TINY=${CLIPMOE_LLAVA_TINY:-0}
+NUM_GPUS=${NUM_GPUS:-8}
+MASTER_PORT=${MASTER_PORT:-29500}
+HOSTFILE=${HOSTFILE:-}
+
+if [ "$TINY" = "1" ]; then
+    TINY_ROOT=${TINY_ROOT:-${TMPDIR:-/tmp}/clipmoe-tiny-llava}
+    [ -f "$TINY_ROOT/finetune.json" ] || "$PYTHON" -m llava_integration.tiny "$TINY_ROOT" >/dev/null
+    export CLIPMOE_VISION_TOWER=${CLIPMOE_VISION_TOWER:-$TINY_ROOT/clipmoe-tower}
+    export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
+    NUM_GPUS=1
+    HOSTFILE=
+fi
+
+# Number of ranks: the hostfile's slots, else NUM_GPUS on this node.
+if [ -n "$HOSTFILE" ]; then
+    WORLD_SIZE=$(awk '!/^#/ && NF { for (i = 2; i <= NF; i++) if ($i ~ /^slots=/) { split($i, s, "="); n += s[2] } } END { print n }' "$HOSTFILE")
+    LAUNCH=("$DEEPSPEED" --hostfile "$HOSTFILE" --master_port "$MASTER_PORT")
+else
+    WORLD_SIZE=$NUM_GPUS
+    LAUNCH=("$DEEPSPEED" --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT")
+fi
+
+# gradient accumulation that keeps the published global batch: global = per_device * ranks * accumulation
+accumulation() {  # global per_device
+    local per_rank=$(( $2 * WORLD_SIZE ))
+    if (( $1 % per_rank )); then
+        echo "global batch $1 is not a multiple of per-device batch $2 x $WORLD_SIZE ranks" >&2; exit 2
+    fi
+    echo $(( $1 / per_rank ))
+}
+
+# warmup ratio as steps (--warmup_ratio is gone from transformers 5; steps work everywhere)
+warmup_steps() {  # data_json global_batch epochs ratio
+    "$PYTHON" - "$@" <<'PY'
+import json, math, sys
+path, batch, epochs, ratio = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+with open(path) as f:
+    n = len(json.load(f))
+print(math.ceil(ratio * math.ceil(math.ceil(n / batch) * epochs)))
+PY
+}

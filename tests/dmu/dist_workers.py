@@ -1,0 +1,29 @@
+"""Functions run in spawned gloo processes by the tests (must be importable, hence a module)."""
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from clipmoe_encoder.dmu.losses import contrastive_loss, moe_aux_loss
+
+
+def loss_worker(rank, world, init_file, inputs, out_dir):
+    """Rank r takes its contiguous slice of the global batch; saves loss values and input grads."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        n = inputs["image"].shape[0] // world
+        sl = slice(rank * n, (rank + 1) * n)
+        image = inputs["image"][sl].clone().requires_grad_(True)
+        text = inputs["text"][sl].clone().requires_grad_(True)
+        loss, logged = contrastive_loss(image, text, 20.0, 0.1, inputs["valid"][sl])
+        loss.backward()
+        tok = inputs["router"].shape[0] // world
+        router = inputs["router"][rank * tok:(rank + 1) * tok].clone().requires_grad_(True)
+        aux, _, _ = moe_aux_loss([((router,), None)], 0.01, 0.001)
+        aux.backward()
+        torch.save({"loss": loss.detach(), "logged": logged, "image_grad": image.grad, "text_grad": text.grad,
+                    "aux": aux.detach(), "router_grad": router.grad}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,150 @@
+"""`clipmoe dmu run` / `baseline` end to end on a tiny base and 12 images."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clipmoe_encoder import CLIPMoEError
+from clipmoe_encoder.cli import main
+from clipmoe_encoder.dmu.models import load_model
+from clipmoe_encoder.dmu.pipeline import routing_statistics
+
+from .helpers import make_base, make_dataset
+
+FLAGS = ["--batch-size", "4", "--warmup-steps", "1", "--small-clusters", "merge", "--lr-mcl", "1e-3", "--save-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    base = make_base(str(root / "base"))
+    data = make_dataset(str(root / "data"), n=12)
+    out = str(root / "table" / "dmu")  # the layout `clipmoe dmu table` uses, so that test reuses these runs
+    assert main(["dmu", "run", "--base", base, "--data", data, "--out", out, *FLAGS]) == 0
+    return base, data, out, root
+
+
+def _json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _text(path):
+    with open(path) as f:
+        return f.read()
+
+
+def _rows(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+def test_run_writes_final_model_report_and_logs(run):
+    base, _data, out, _ = run
+    final = os.path.join(out, "final")
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json"):
+        assert os.path.isfile(os.path.join(final, name)), name
+    moe = load_model(final)
+    assert moe.config.model_type == "clipmoe" and moe.config.vision_config.num_experts == 4
+    sd = moe.state_dict()
+    sources = [load_model(base).state_dict()] + [load_model(os.path.join(out, f"mcl{s}", "model")).state_dict() for s in (1, 2, 3)]
+    for tower in ("vision", "text"):
+        for layer in range(2):
+            p = f"{tower}_model.encoder.layers.{layer}.mlp."
+            for j, src in enumerate(sources):  # expert 0 = base FFN, expert s = MCL stage s FFN
+                assert torch.equal(sd[p + "experts.fc1_weight"][j], src[p + "fc1.weight"])
+                assert torch.equal(sd[p + "experts.fc2_weight"][j], src[p + "fc2.weight"])
+    # the MCL stages really changed the FFNs and nothing else
+    assert not torch.equal(sources[1]["vision_model.encoder.layers.0.mlp.fc1.weight"], sources[0]["vision_model.encoder.layers.0.mlp.fc1.weight"])
+    assert torch.equal(sources[1]["vision_model.encoder.layers.0.self_attn.q_proj.weight"], sources[0]["vision_model.encoder.layers.0.self_attn.q_proj.weight"])
+
+    report = _json(os.path.join(out, "report.json"))
+    assert set(report["stages"]) == {"mcl1", "mcl2", "mcl3", "router"}
+    counts = [report["clusters"][f"stage{s}"]["nonempty_clusters"] for s in range(3)]
+    assert 1 < counts[0] <= 9 and counts[0] <= counts[1] <= counts[2] <= 12  # labels only refine across stages
+    assert report["stages"]["mcl1"]["sampler"]["clusters"] == counts[0]
+    assert report["stages"]["router"]["trainable_parameters"] == 4 * 32 * 4
+    assert len(report["routing"]["vision"]["entropy"]) == 2
+    assert "## Routing" in _text(os.path.join(out, "report.md"))
+    for stage in ("mcl1", "mcl2", "mcl3", "router"):
+        rows = _rows(os.path.join(out, stage, "log.jsonl"))
+        assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+        assert {"loss", "lr", "samples_per_s"} <= set(rows[0])
+    router_row = _rows(os.path.join(out, "router", "log.jsonl"))[0]
+    assert "load_balancing_loss" in router_row and "lr_router" in router_row
+    layer_load = router_row["per_layer"]["vision"]["load"]  # per MoE layer, share of top-k picks per expert
+    assert len(layer_load) == 2 and all(sum(x) == pytest.approx(1.0, abs=1e-3) for x in layer_load)
+
+
+@pytest.mark.slow
+def test_rerun_resumes_nothing_to_do_and_refuses_changed_settings(run, capsys):
+    base, data, out, _ = run
+    before = _text(os.path.join(out, "router", "log.jsonl"))
+    weights = load_file(os.path.join(out, "final", "model.safetensors"))
+    assert main(["dmu", "run", "--base", base, "--data", data, "--out", out, *FLAGS]) == 0
+    assert _text(os.path.join(out, "router", "log.jsonl")) == before
+    again = load_file(os.path.join(out, "final", "model.safetensors"))
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    assert main(["dmu", "run", "--base", base, "--data", data, "--out", out, *FLAGS, "--lr-router", "1e-2"]) == 2
+    assert "field 'lr_router'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_routing_statistics_fractions(run):
+    base, data, out, _ = run
+    stats = routing_statistics(os.path.join(out, "final"), data, max_samples=6)
+    for tower in ("vision", "text"):
+        t = stats[tower]
+        assert t["layers"] == [0, 1]
+        for first, second, load in zip(t["first_choice"], t["second_choice"], t["load"]):
+            assert sum(first) == pytest.approx(1.0) and sum(second) == pytest.approx(1.0) and sum(load) == pytest.approx(1.0)
+        assert all(0 < h <= t["max_entropy"] + 1e-6 for h in t["entropy"])
+    with pytest.raises(CLIPMoEError, match="two-tower CLIP-MoE"):
+        routing_statistics(base, data)
+
+
+@pytest.mark.slow
+def test_baselines_same_budget(run):
+    base, data, out, root = run
+    dmu = _json(os.path.join(out, "report.json"))
+    bl = str(root / "table" / "baselines")
+    for kind in ("upcycling", "direct-ft"):
+        assert main(["dmu", "baseline", "--kind", kind, "--base", base, "--data", data, "--out", bl, *FLAGS]) == 0
+        report = _json(os.path.join(bl, kind, "report.json"))
+        stage = report["stages"][kind]
+        assert stage["epochs"] == 4 and stage["steps"] == 4 * (12 // 4)  # (N-1) MCL epochs + 1 router epoch
+        assert stage["steps"] >= sum(dmu["stages"][s]["steps"] for s in dmu["stages"])
+    up = load_model(os.path.join(bl, "upcycling", "model"))
+    assert up.config.model_type == "clipmoe"
+    direct = load_model(os.path.join(bl, "direct-ft", "model"))
+    b = load_model(base)
+    # direct FT trains all parameters (attention too); the logit scale stays frozen at 100
+    assert not torch.equal(direct.vision_model.encoder.layers[0].self_attn.q_proj.weight, b.vision_model.encoder.layers[0].self_attn.q_proj.weight)
+    assert direct.logit_scale.exp().item() == pytest.approx(100.0, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_table_reuses_the_runs_and_scores_every_model(run, capsys):
+    base, data, _out, root = run
+    held_out = make_dataset(str(root / "heldout"), n=6, seed=100)
+    table_dir = str(root / "table")
+    assert main(["dmu", "table", "--base", base, "--data", data, "--out", table_dir, "--eval-data", held_out, *FLAGS]) == 0
+    table = _json(os.path.join(table_dir, "table.json"))
+    assert list(table["retrieval"]) == ["base (dense)", "direct fine-tune", "sparse upcycling", "CLIP-MoE (DMU)"]
+    for scores in table["retrieval"].values():
+        assert 0 <= scores["i2t_R@1"] <= scores["i2t_R@5"] <= scores["i2t_R@10"] == 100.0  # 6 candidates: R@10 = 100
+    assert "| CLIP-MoE (DMU) |" in capsys.readouterr().out
+
+
+def test_recall_at_k_by_hand():
+    from clipmoe_encoder.dmu.evaluate import recall_at_k
+
+    image = torch.eye(3)
+    text = torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0, 0.9, 0.1]])  # text 1 matches image 2 better than image 1
+    r = recall_at_k(image, text, ks=(1, 2))
+    assert r["i2t_R@1"] == pytest.approx(100 / 3) and r["i2t_R@2"] == pytest.approx(100.0)
+    assert r["t2i_R@1"] == pytest.approx(100 / 3) and r["t2i_R@2"] == pytest.approx(100.0)
