@@ -19,6 +19,7 @@ from transformers.utils import ModelOutput
 
 from .checkpoint_io import check_moe_directory, check_weight_shapes, looks_local
 from .configuration import CLIPMoEConfig, CLIPMoETextConfig, CLIPMoEVisionConfig
+from .errors import CLIPMoEError
 from .moe import MoEFeedForward, StackedExperts, TopKRouter, activation_fn, load_balancing_loss, router_z_loss
 
 try:  # transformers >= 5: initialisers that leave already-loaded tensors alone
@@ -146,7 +147,7 @@ class CLIPMoEEncoder(nn.Module):
         )
 
 
-def tower_aux_losses(config, router_logits, token_mask=None):
+def tower_aux_losses(router_logits, token_mask=None):
     """Per-layer balance and z losses, averaged over the tower's MoE layers."""
     if not router_logits:
         zero = torch.zeros((), dtype=torch.float32)
@@ -187,8 +188,6 @@ class CLIPMoEVisionEmbeddings(nn.Module):
     def forward(self, pixel_values, interpolate_pos_encoding=False):
         b, _, h, w = pixel_values.shape
         if not interpolate_pos_encoding and (h != self.image_size or w != self.image_size):
-            from .errors import CLIPMoEError
-
             raise CLIPMoEError(
                 f"pixel_values are {h}x{w} but this tower takes {self.image_size}x{self.image_size} images "
                 "(resize with the tower's image processor, or pass interpolate_pos_encoding=True)"
@@ -221,9 +220,12 @@ class CLIPMoETextTransformer(nn.Module):
         n = input_ids.shape[1]
         mask = None
         if attention_mask is not None:
-            # causal AND not padding, as a boolean SDPA mask (True = may attend)
+            # causal AND not padding, as a boolean SDPA mask (True = may attend). A row with every key
+            # masked (left padding) would give NaN: it attends to all keys instead, as the additive
+            # masks of transformers' CLIP effectively do.
             causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
             mask = causal[None, None] & attention_mask.bool()[:, None, None, :]
+            mask = mask | ~mask.any(dim=-1, keepdim=True)
         last, hidden, attentions, router_logits = self.encoder(
             x, mask, is_causal=True, output_hidden_states=_wants(output_hidden_states), output_attentions=bool(output_attentions)
         )
@@ -246,8 +248,6 @@ class CLIPMoETextEmbeddings(nn.Module):
     def forward(self, input_ids, position_ids=None):
         n = input_ids.shape[-1]
         if n > self.position_ids.shape[1]:
-            from .errors import CLIPMoEError
-
             raise CLIPMoEError(f"text of {n} tokens exceeds max_position_embeddings={self.position_ids.shape[1]}")
         if position_ids is None:
             position_ids = self.position_ids[:, :n]
@@ -257,7 +257,7 @@ class CLIPMoETextEmbeddings(nn.Module):
 def _tower_output(config, last, pooled, hidden, attentions, router_logits, output_router_logits, token_mask=None):
     out = CLIPMoETowerOutput(last_hidden_state=last, pooler_output=pooled, hidden_states=hidden, attentions=attentions)
     if output_router_logits:
-        lb, z = tower_aux_losses(config, router_logits, token_mask)
+        lb, z = tower_aux_losses(router_logits, token_mask)
         out.router_logits = router_logits
         out.load_balancing_loss, out.router_z_loss = lb, z
         out.aux_loss = config.router_aux_loss_coef * lb + config.router_z_loss_coef * z
