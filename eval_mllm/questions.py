@@ -228,23 +228,19 @@ def read_questions(path, fmt=None, all_rounds=False, single_pred_prompt=None, la
 
 def load_image(question: Question, image_folder: str):
     """The question's image as RGB PIL image; EvalInputError naming file and line if unreadable."""
-    from PIL import Image, UnidentifiedImageError
+    from clipmoe_encoder.images import DECODE_ERRORS, decode_rgb
 
     if question.image_b64 is not None:
         try:
-            data = base64.b64decode(question.image_b64, validate=False)
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as exc:
+            return decode_rgb(io.BytesIO(base64.b64decode(question.image_b64, validate=False)))
+        except (binascii.Error, *DECODE_ERRORS) as exc:
             raise EvalInputError(f"{question.source}: image cannot be decoded ({exc})") from None
-        return image.convert("RGB")
     path = os.path.join(image_folder or "", question.image)
     if not os.path.isfile(path):
         raise EvalInputError(f"{question.source}: image not found: {path}")
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        return decode_rgb(path)
+    except DECODE_ERRORS as exc:
         raise EvalInputError(f"{question.source}: image cannot be decoded: {path} ({exc})") from None
 
 

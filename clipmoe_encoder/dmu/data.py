@@ -14,9 +14,9 @@ import os
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 
 from ..errors import CLIPMoEError
+from ..images import decode_rgb
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 FORMATS = ("auto", "sharegpt4v", "llava", "jsonl", "folder")
@@ -187,8 +187,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
         tokens = self.tokenizer(record.caption, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt")
         valid = True
         try:
-            with Image.open(record.image) as im:
-                image = im.convert("RGB")  # grayscale, palette and RGBA images become RGB
+            image = decode_rgb(record.image)  # grayscale, palette and RGBA images become RGB
             pixels = self.processor(images=image, return_tensors="pt")["pixel_values"][0]
         except Exception as err:  # noqa: BLE001  PIL raises many types (OSError, SyntaxError, ValueError...)
             if not self.skip_bad:

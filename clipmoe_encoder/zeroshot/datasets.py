@@ -28,7 +28,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 def load_image(item):
     """A PIL image (RGB) from a PIL image, a path or an HxWx3 / HxW uint8 array. A file that is
     missing or cannot be decoded raises CLIPMoEError naming it (never PIL's own traceback)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from ..images import DECODE_ERRORS, decode_rgb
 
     if isinstance(item, Image.Image):
         image = item
@@ -37,13 +39,10 @@ def load_image(item):
     elif isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
         try:
-            with Image.open(path) as f:
-                # decode now, inside the try, so a truncated file is caught here; RGBA, palette and
-                # grayscale images become RGB (alpha dropped, as CLIP's own loaders do)
-                return f.convert("RGB")
+            return decode_rgb(path)
         except FileNotFoundError:
             raise CLIPMoEError(f"{path}: image file not found") from None
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
+        except DECODE_ERRORS as err:
             raise CLIPMoEError(f"{path}: cannot decode the image ({err})") from None
     else:
         raise CLIPMoEError(f"cannot read an image from a {type(item).__name__}: expected a PIL image, a path or an array")
