@@ -75,10 +75,7 @@ def peak_memory_mb(model_name: str, args) -> float:
     return float(out.strip().splitlines()[-1])
 
 
-def _measure_one(name, models, pixels, device):
-    import resource
-
-    model = models[name]
+def _measure_one(model, pixels, device):
     with torch.inference_mode():
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -87,9 +84,25 @@ def _measure_one(name, models, pixels, device):
             model(pixel_values=pixels)
             torch.cuda.synchronize()
             return (torch.cuda.max_memory_allocated() - base) / 2**20
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        import threading
+
+        import psutil
+
+        process, done = psutil.Process(), threading.Event()
+        base = peak = process.memory_info().rss
+
+        def sample():  # this process holds one model, so RSS growth is the forward's working set
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, process.memory_info().rss)
+                done.wait(0.001)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
         model(pixel_values=pixels)
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        done.set()
+        sampler.join()
+        return (max(peak, process.memory_info().rss) - base) / 2**20
 
 
 def time_forward(model, pixels, device):
@@ -121,14 +134,18 @@ def main(argv=None):
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     size = SIZES[args.model]
     torch.manual_seed(0)
+    pixels = torch.randn(args.batch, 3, size["image_size"], size["image_size"], device=device, dtype=dtype)
+    if args.memory_of:  # child process: build the one model measured, nothing else
+        if args.memory_of == "dense":
+            model = CLIPVisionModel(CLIPVisionConfig(**size))
+        else:
+            model = CLIPMoEVisionModel(CLIPMoEVisionConfig(**size, num_experts=args.num_experts, num_experts_per_tok=args.top_k))
+            if args.memory_of == "naive":
+                MoEFeedForward.forward = naive_forward
+        print(_measure_one(model.to(device, dtype).eval(), pixels, device))
+        return None
     dense = CLIPVisionModel(CLIPVisionConfig(**size)).to(device, dtype).eval()
     moe = CLIPMoEVisionModel(CLIPMoEVisionConfig(**size, num_experts=args.num_experts, num_experts_per_tok=args.top_k)).to(device, dtype).eval()
-    pixels = torch.randn(args.batch, 3, size["image_size"], size["image_size"], device=device, dtype=dtype)
-    if args.memory_of:
-        if args.memory_of == "naive":
-            MoEFeedForward.forward = naive_forward
-        print(_measure_one(args.memory_of, {"dense": dense, "ours": moe, "naive": moe}, pixels, device))
-        return None
 
     ours_forward = MoEFeedForward.forward
     runs = {
