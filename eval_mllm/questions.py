@@ -16,11 +16,11 @@ import io
 import json
 import math
 import os
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
 from .errors import EvalInputError
+from .scorers.common import raise_csv_field_limit
 
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 MC_INSTRUCTION_CN = "请直接回答选项字母。"
@@ -147,16 +147,6 @@ def _is_none(value) -> bool:
     return value is None or value.strip() == "" or value.strip().lower() in ("nan", "none")
 
 
-def _raise_csv_limit():
-    limit = sys.maxsize  # base64 images exceed csv's 128 KiB default; maxsize overflows a C long on some OSes
-    while True:
-        try:
-            csv.field_size_limit(limit)
-            return
-        except OverflowError:
-            limit //= 10
-
-
 def _mmbench_id(value: str):
     # pandas gives an int for an integer index column; keep that so ids match LLaVA's files.
     return int(value) if value.strip().lstrip("-").isdigit() else value
@@ -167,7 +157,7 @@ def read_mmbench(path, all_rounds=False, single_pred_prompt=True, lang="en") -> 
 
     Prompt as model_vqa_mmbench: hint + "\\n" + question + "\\nA. ..." lines; with
     ``all_rounds`` one question per option rotation (options rotated left by one per round)."""
-    _raise_csv_limit()
+    raise_csv_field_limit()
     with _open(path) as f:
         reader = csv.DictReader(f, delimiter="\t")
         header = reader.fieldnames or []

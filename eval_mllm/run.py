@@ -82,9 +82,9 @@ def _limited_copy(bench, src, out_dir, limit, data_root):
             f.writelines(line if line.endswith("\n") else line + "\n" for line in lines)
         return dst, None
     if bench.fmt == "mmbench":
-        from .questions import _raise_csv_limit
+        from .scorers.common import raise_csv_field_limit
 
-        _raise_csv_limit()
+        raise_csv_field_limit()
         with open(src, encoding="utf-8-sig", newline="") as f:
             rows = list(csv.reader(f, delimiter="\t"))
         with open(dst, "w", encoding="utf-8", newline="") as f:

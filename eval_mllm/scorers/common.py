@@ -162,7 +162,7 @@ def read_records(path, fields=None):
     return data
 
 
-def _raise_csv_field_limit():
+def raise_csv_field_limit():
     # MMBench/MMStar TSVs hold base64 images far larger than csv's default
     # 128 KiB field limit; sys.maxsize overflows a C long on some platforms.
     limit = sys.maxsize
@@ -179,7 +179,7 @@ def read_table(path, columns=()):
 
     Every column of ``columns`` must exist in the header.
     """
-    _raise_csv_field_limit()
+    raise_csv_field_limit()
     delimiter = "," if path.lower().endswith(".csv") else "\t"
     with _open_text(path) as f:
         reader = csv.DictReader(f, delimiter=delimiter)

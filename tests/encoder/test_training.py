@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 import clipmoe_encoder as cm
 from tests.encoder.conftest import batch, tiny_clip
