@@ -55,7 +55,7 @@ def load_dense(source) -> DenseCLIP:
 
 
 def _load_transformers(path):
-    from transformers import AutoConfig, CLIPModel, CLIPVisionModel
+    from transformers import CLIPModel, CLIPVisionModel
 
     from .checkpoint_io import read_config_json
 
