@@ -9,7 +9,7 @@ LEGACY := .venv-legacy
 LEGACY_STAMP := $(LEGACY)/.installed-$(shell cat requirements/legacy.txt pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_OUT ?= demo_out
 
-.PHONY: venv demo demo-quick test test-fast legacy-venv test-legacy bench clean
+.PHONY: venv demo demo-quick dmu-demo test test-fast legacy-venv test-legacy bench clean
 
 venv: $(STAMP)
 
@@ -28,11 +28,16 @@ $(STAMP):
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $@
 
+# The main job: DMU demo -> LLaVA trained with each tower (DeepSpeed scripts) -> benchmarks -> report
 demo: venv
-	$(VENV)/bin/clipmoe demo --out $(DEMO_OUT)
+	$(VENV)/bin/eval-mllm chain --out $(DEMO_OUT)
 
 demo-quick: venv
-	$(VENV)/bin/clipmoe demo --quick --out $(DEMO_OUT)
+	$(VENV)/bin/eval-mllm chain --quick --out $(DEMO_OUT)
+
+# The DMU part alone (dense CLIP -> CLIP-MoE and both baselines, zero-shot table)
+dmu-demo: venv
+	$(VENV)/bin/clipmoe demo --out $(DEMO_OUT)/demo
 
 test: venv legacy-venv
 	$(PY) -m pytest -q tests

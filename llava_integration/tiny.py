@@ -95,14 +95,34 @@ def _conversations(samples):
     return pretrain, finetune
 
 
-def _corpus(pretrain, finetune):
+def conversation_corpus(pretrain, finetune, joined=False):
+    """Tokenizer training text for LLaVA-format records: every conversation laid out as the
+    vicuna_v1 template lays it out (system prompt, USER:/ASSISTANT: roles), in both cases.
+
+    joined: instead, each conversation as the template joins it, every USER glued to a "</s>"
+    before it. LLaVA's v1 label masking counts a later round as if tokenized alone, minus one
+    token: that holds only if "USER" alone is "▁" + the pieces of "USER" after "</s>", i.e. if
+    no piece starts with "▁U". With a space before USER in the corpus BPE learns "▁USER", every
+    later round is off by one: "tokenization mismatch", all labels of the sample masked."""
     lines = [SYSTEM]
     for record in pretrain + finetune:
+        if joined:
+            text = SYSTEM
+            for turn in record["conversations"]:
+                value = turn["value"].replace("<image>", "").strip()
+                text += ("</s>USER: " if turn["from"] == "human" else " ASSISTANT: ") + value
+            lines.append(text + "</s>")
+            continue
         text = SYSTEM + " "
         for turn in record["conversations"]:
             role = "USER" if turn["from"] == "human" else "ASSISTANT"
             text += f"{role}: {turn['value'].replace('<image>', '').strip()} "
         lines += [text, text.lower()]
+    return lines
+
+
+def _corpus(pretrain, finetune):
+    lines = conversation_corpus(pretrain, finetune)
     lines += [f"{c} {s}" for c in COLOURS for s in SHAPES]
     return lines * 4
 
@@ -145,11 +165,12 @@ def build_tokenizer(directory, corpus, vocab_size=400):
     return tokenizer
 
 
-def build_llm(directory, vocab_size, seed=0):
+def build_llm(directory, vocab_size, seed=0, **overrides):
+    """A randomly initialised Llama of the LLM sizes (overrides: any LlamaConfig field)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=None, **LLM)
+    config = LlamaConfig(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=None, **{**LLM, **overrides})
     LlamaForCausalLM(config).save_pretrained(directory)
 
 

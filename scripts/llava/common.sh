@@ -3,6 +3,9 @@
 #   NUM_GPUS      GPUs per node (default 8)          HOSTFILE     DeepSpeed hostfile for multi-node (default: single node)
 #   MASTER_PORT   rendezvous port (default 29500)   PYTHON       interpreter of the environment (default: python)
 #   CLIPMOE_LLAVA_TINY=1   run on the tiny LLaVA built by `python -m llava_integration.tiny` (CPU, CI)
+#     tiny-mode overrides (default: the tiny world under TINY_ROOT): TINY_MODEL (LLM or LLaVA checkpoint),
+#     TINY_DATA_PATH, TINY_IMAGE_FOLDER, TINY_OUTPUT_DIR, TINY_BATCH (per device = global, default 4),
+#     TINY_STEPS (--max_steps, default 3), PRETRAIN_DIR_TINY (finetune.sh: stage-1 output or "none")
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PYTHON=${PYTHON:-python}
@@ -15,7 +18,10 @@ HOSTFILE=${HOSTFILE:-}
 
 if [ "$TINY" = "1" ]; then
     TINY_ROOT=${TINY_ROOT:-${TMPDIR:-/tmp}/clipmoe-tiny-llava}
-    [ -f "$TINY_ROOT/finetune.json" ] || "$PYTHON" -m llava_integration.tiny "$TINY_ROOT" >/dev/null
+    # A caller that brings its own LLM and data (TINY_MODEL + TINY_DATA_PATH) needs no tiny world.
+    if [ -z "${TINY_MODEL:-}" ] || [ -z "${TINY_DATA_PATH:-}" ]; then
+        [ -f "$TINY_ROOT/finetune.json" ] || "$PYTHON" -m llava_integration.tiny "$TINY_ROOT" >/dev/null
+    fi
     export CLIPMOE_VISION_TOWER=${CLIPMOE_VISION_TOWER:-$TINY_ROOT/clipmoe-tower}
     export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
     NUM_GPUS=1

@@ -20,10 +20,11 @@ PRECISION=(--bf16 True --tf32 True) LENGTH=2048 WORKERS=4 STEPS=() SAVE=(--save_
 REPORT=${REPORT_TO:-none}
 
 if [ "$TINY" = "1" ]; then
-    MODEL=${TINY_MODEL:-$TINY_ROOT/llm} DATA_PATH=$TINY_ROOT/finetune.json IMAGE_FOLDER=$TINY_ROOT/images
+    MODEL=${TINY_MODEL:-$TINY_ROOT/llm} DATA_PATH=${TINY_DATA_PATH:-$TINY_ROOT/finetune.json}
+    IMAGE_FOLDER=${TINY_IMAGE_FOLDER:-$TINY_ROOT/images}
     PRETRAIN_DIR=${PRETRAIN_DIR_TINY:-$TINY_ROOT/checkpoints/llava-tiny-clipmoe-pretrain}
     OUTPUT_DIR=${TINY_OUTPUT_DIR:-$TINY_ROOT/checkpoints/llava-tiny-clipmoe-finetune}
-    GLOBAL_BATCH=4 PER_DEVICE_BATCH=4 PRECISION=(--bf16 False --fp16 False) LENGTH=256 WORKERS=0
+    GLOBAL_BATCH=${TINY_BATCH:-4} PER_DEVICE_BATCH=${TINY_BATCH:-4} PRECISION=(--bf16 False --fp16 False) LENGTH=256 WORKERS=0
     STEPS=(--max_steps ${TINY_STEPS:-3}) SAVE=(--save_strategy no)
 fi
 

@@ -16,10 +16,11 @@ GLOBAL_BATCH=256 PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-32} EPOCHS=1
 PRECISION=(--bf16 True --tf32 True) LENGTH=2048 WORKERS=4 STEPS=() SAVE=(--save_strategy steps --save_steps 24000 --save_total_limit 1)
 REPORT=${REPORT_TO:-none}
 
-if [ "$TINY" = "1" ]; then  # a few CPU steps on the tiny LLaVA
-    MODEL=$TINY_ROOT/llm DATA_PATH=$TINY_ROOT/pretrain.json IMAGE_FOLDER=$TINY_ROOT/images
+if [ "$TINY" = "1" ]; then  # a few CPU steps on the tiny LLaVA (TINY_* overrides: see common.sh)
+    MODEL=${TINY_MODEL:-$TINY_ROOT/llm} DATA_PATH=${TINY_DATA_PATH:-$TINY_ROOT/pretrain.json}
+    IMAGE_FOLDER=${TINY_IMAGE_FOLDER:-$TINY_ROOT/images}
     OUTPUT_DIR=${TINY_OUTPUT_DIR:-$TINY_ROOT/checkpoints/llava-tiny-clipmoe-pretrain}
-    GLOBAL_BATCH=4 PER_DEVICE_BATCH=4 PRECISION=(--bf16 False --fp16 False) LENGTH=256 WORKERS=0
+    GLOBAL_BATCH=${TINY_BATCH:-4} PER_DEVICE_BATCH=${TINY_BATCH:-4} PRECISION=(--bf16 False --fp16 False) LENGTH=256 WORKERS=0
     STEPS=(--max_steps ${TINY_STEPS:-3}) SAVE=(--save_strategy no)
 fi
 

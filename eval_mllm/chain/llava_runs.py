@@ -1,0 +1,256 @@
+"""The two LLaVA runs of the chain: the same small LLM, data and budget, once with the dense base
+CLIP's vision tower (LLaVA's stock CLIPVisionTower on a local directory) and once with the
+CLIP-MoE (DMU) tower. Both stages go through the project's DeepSpeed scripts
+(scripts/llava/pretrain.sh, ZeRO-2; finetune.sh, ZeRO-3) in their CPU tiny mode, with the
+TINY_* environment overrides pointing them at this chain's LLM, data and output folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPTS = os.path.join(REPO, "scripts", "llava")
+RUNS = ("dense", "clip-moe")
+ANSWER_FILES = {"pope": "pope.jsonl", "gqa": "gqa.jsonl", "mmbench": "mmbench.jsonl"}
+DONE_MARKER = "chain_stage_done.json"
+
+
+@dataclass
+class LlavaPlan:
+    """Sizes and schedule of both LLaVA runs (identical for the two towers)."""
+
+    n_train: int  # training scenes (stage 1 captions and stage 2 conversations)
+    n_test: int  # held-out scenes the benchmarks ask about
+    llm_hidden: int
+    llm_layers: int
+    # Large enough that every word of the world is one piece (400 split "circle" into 5 and
+    # pushed multiple-choice conversations past the 256-token limit of the scripts' tiny mode).
+    vocab_size: int
+    batch: int  # per device = global (one CPU rank)
+    stage1_epochs: float
+    stage2_epochs: float
+    stage1_lr: float = 1e-3  # LLaVA-1.5's projector learning rate
+    # LLaVA-1.5 fine-tunes a pretrained Vicuna at 2e-5; this LLM starts from random weights and has
+    # only a few hundred steps, so stage 2 needs a from-scratch learning rate: at 1e-3 the quick
+    # run's LLM still answered every short-answer question with an empty string after 128 steps
+    # (loss 2.6); at 3e-3 it gives answers of the right kind (loss 0.75 after 256 steps).
+    stage2_lr: float = 3e-3
+    max_new_tokens: int = 8  # answers are a word, a letter or yes/no
+    eval_batch: int = 16
+    seed: int = 0
+
+    def steps(self, n_records: int, epochs: float) -> int:
+        return max(1, round(-(-n_records // self.batch) * epochs))
+
+
+def make_plan(quick: bool) -> LlavaPlan:
+    if quick:
+        return LlavaPlan(n_train=192, n_test=20, llm_hidden=64, llm_layers=2, vocab_size=1000, batch=8,
+                         stage1_epochs=1, stage2_epochs=6, eval_batch=32)
+    # Full: both runs side by side, a stage-2 step (hidden 128, 36 image tokens, batch 16) took
+    # 0.4-0.5 s on one of 2 cores; 600 steps per run made the LLaVA part 8 minutes (GQA-style above
+    # its majority rate, POPE and MMBench-style at chance), so 1200 steps on twice the scenes.
+    return LlavaPlan(n_train=2400, n_test=150, llm_hidden=128, llm_layers=2, vocab_size=1000, batch=16,
+                     stage1_epochs=1, stage2_epochs=8)
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs of the runs: the towers and the LLM
+
+def dense_tower(clip_dir: str, out_dir: str) -> str:
+    """The dense CLIP's vision half as a stock LLaVA tower: a CLIPVisionModel + CLIPImageProcessor
+    directory, which LLaVA's own builder takes as a local path."""
+    from transformers import CLIPImageProcessor, CLIPVisionModel
+
+    model = CLIPVisionModel.from_pretrained(clip_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    CLIPImageProcessor.from_pretrained(clip_dir).save_pretrained(out_dir)
+    return out_dir
+
+
+def clipmoe_tower(clipmoe_dir: str, out_dir: str) -> str:
+    """The CLIP-MoE's vision half as a vision-only CLIP-MoE checkpoint (our tower's input)."""
+    from transformers import CLIPImageProcessor
+
+    from clipmoe_encoder import CLIPMoEVisionModel
+
+    model = CLIPMoEVisionModel.from_pretrained(clipmoe_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    CLIPImageProcessor.from_pretrained(clipmoe_dir).save_pretrained(out_dir)
+    return out_dir
+
+
+def tower_names(demo_models: dict, out_dir: str) -> dict[str, str]:
+    """--vision_tower of each run: a plain directory goes to LLaVA's builder, clipmoe:<dir> to ours."""
+    return {"dense": dense_tower(demo_models["base"], os.path.join(out_dir, "dense")),
+            "clip-moe": "clipmoe:" + clipmoe_tower(demo_models["clip-moe"], os.path.join(out_dir, "clip-moe"))}
+
+
+def build_llm(out_dir: str, data_paths: dict, plan: LlavaPlan) -> str:
+    """A sentencepiece BPE (byte fallback) trained on this chain's conversations laid out in the
+    vicuna_v1 template, and a randomly initialised Llama on its vocabulary."""
+    from llava_integration import tiny
+
+    records = []
+    for name in ("pretrain", "finetune"):
+        with open(data_paths[name]) as f:
+            records.append(json.load(f))
+    tokenizer = tiny.build_tokenizer(out_dir, tiny.conversation_corpus(*records, joined=True), vocab_size=plan.vocab_size)
+    tiny.build_llm(out_dir, len(tokenizer), plan.seed, hidden_size=plan.llm_hidden, intermediate_size=2 * plan.llm_hidden,
+                   num_hidden_layers=plan.llm_layers)
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# one run: stage 1, stage 2, answers
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _n_records(path: str) -> int:
+    with open(path) as f:
+        return len(json.load(f))
+
+
+def child_env(extra: dict | None = None) -> dict:
+    """Environment of a child process: this interpreter's environment first on PATH, the repo
+    importable, one thread (the other run works on the second core meanwhile)."""
+    env = dict(os.environ)
+    env.update(PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
+               PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false", **(extra or {}))
+    return env
+
+
+def _run_logged(cmd: list[str], env: dict, log_path: str, what: str) -> None:
+    with open(log_path, "w") as log:
+        log.write("$ " + shlex.join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+
+
+def _script(name: str, env_overrides: dict, extra: list[str], log_path: str) -> float:
+    env = child_env(dict(PYTHON=sys.executable, CLIPMOE_LLAVA_TINY="1", DS_ACCELERATOR="cpu",
+                          MASTER_PORT=str(_free_port()), **env_overrides))
+    start = time.perf_counter()
+    _run_logged(["bash", os.path.join(SCRIPTS, name), *extra], env, log_path, name)
+    return time.perf_counter() - start
+
+
+def _stage(name: str, out_dir: str, env_overrides: dict, extra: list[str], log_path: str,
+           plan: LlavaPlan) -> tuple[float, bool]:
+    """Run one training script unless an earlier run of the chain finished it with the same
+    settings (the marker is written only after the script exited 0, so a killed stage is redone
+    from its start, and a stage of another mode or plan is redone). Returns (seconds, reused)."""
+    marker = os.path.join(out_dir, DONE_MARKER)
+    settings = {"script": name, "env": env_overrides, "args": extra, "plan": asdict(plan)}
+    if os.path.isfile(marker):
+        with open(marker) as f:
+            done = json.load(f)
+        if done.get("settings") == settings:
+            return done["seconds"], True
+    seconds = _script(name, env_overrides, extra, log_path)
+    tmp = marker + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"seconds": seconds, "settings": settings}, f)
+    os.replace(tmp, marker)
+    return seconds, False
+
+
+def train_run(name: str, tower: str, llm_dir: str, data_paths: dict, image_folder: str, run_dir: str,
+              plan: LlavaPlan) -> dict:
+    """Stage 1 (projector, ZeRO-2) then stage 2 (projector + LLM, ZeRO-3), tower frozen in both."""
+    os.makedirs(run_dir, exist_ok=True)
+    stage1 = os.path.join(run_dir, "stage1")
+    stage2 = os.path.join(run_dir, "llava-stage2")  # LLaVA's loader wants "llava" in the name
+    common = {"TINY_ROOT": run_dir, "TINY_MODEL": llm_dir, "TINY_IMAGE_FOLDER": image_folder,
+              "TINY_BATCH": str(plan.batch), "VISION_TOWER": tower}
+    steps1 = plan.steps(_n_records(data_paths["pretrain"]), plan.stage1_epochs)
+    steps2 = plan.steps(_n_records(data_paths["finetune"]), plan.stage2_epochs)
+    seconds, reused = {}, {}
+    seconds["stage1"], reused["stage1"] = _stage(
+        "pretrain.sh", stage1, dict(common, TINY_DATA_PATH=data_paths["pretrain"], TINY_OUTPUT_DIR=stage1,
+                                    TINY_STEPS=str(steps1)),
+        ["--learning_rate", str(plan.stage1_lr), "--seed", str(plan.seed)], os.path.join(run_dir, "stage1.log"), plan)
+    if not reused["stage1"]:  # a new projector: stage 2 must start from it
+        shutil.rmtree(stage2, ignore_errors=True)
+    seconds["stage2"], reused["stage2"] = _stage(
+        "finetune.sh", stage2, dict(common, TINY_DATA_PATH=data_paths["finetune"], TINY_OUTPUT_DIR=stage2,
+                                    PRETRAIN_DIR_TINY=stage1, TINY_STEPS=str(steps2)),
+        ["--learning_rate", str(plan.stage2_lr), "--seed", str(plan.seed)], os.path.join(run_dir, "stage2.log"), plan)
+    return {"name": name, "tower": tower, "stage1": stage1, "stage2": stage2, "steps": {"stage1": steps1, "stage2": steps2},
+            "seconds": seconds, "reused": reused}
+
+
+def generate_commands(model_dir: str, benchmarks: dict, answers_dir: str, plan: LlavaPlan) -> dict[str, list[str]]:
+    """`python -m eval_mllm generate` of each benchmark, as a user would type it."""
+    return {name: [sys.executable, "-m", "eval_mllm", "generate", "--model-path", model_dir,
+                   "--question-file", benchmarks[name]["question_file"], "--image-folder", benchmarks["image_folder"],
+                   "--answers-file", os.path.join(answers_dir, ANSWER_FILES[name]),
+                   "--max-new-tokens", str(plan.max_new_tokens), "--batch-size", str(plan.eval_batch),
+                   "--device", "cpu", "--no-progress"]
+            for name in ANSWER_FILES}
+
+
+def answer_benchmarks(model_dir: str, benchmarks: dict, answers_dir: str, plan: LlavaPlan, fresh: bool) -> float:
+    """Answers of one checkpoint to the three benchmarks, one `eval_mllm generate` process each
+    (MMBench-style: one pass, round 0). generate resumes an answers file, so answers of an earlier
+    checkpoint are removed first (fresh: stage 2 was trained in this run)."""
+    start = time.perf_counter()
+    if fresh:
+        shutil.rmtree(answers_dir, ignore_errors=True)
+    os.makedirs(answers_dir, exist_ok=True)
+    for name, cmd in generate_commands(model_dir, benchmarks, answers_dir, plan).items():
+        _run_logged(cmd, child_env(), os.path.join(answers_dir, f"generate_{name}.log"), f"eval_mllm generate ({name})")
+    return time.perf_counter() - start
+
+
+def run_both(towers: dict, llm_dir: str, data_paths: dict, benchmarks: dict, out_dir: str, plan: LlavaPlan,
+             log=print) -> dict:
+    """Both runs side by side, one thread each (the work is in child processes; each has one core
+    of the two this is sized for): train, then answer the benchmarks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(name):
+        run_dir = os.path.join(out_dir, name)
+        log(f"[chain] llava-{name}: training ({towers[name]})")
+        result = train_run(name, towers[name], llm_dir, data_paths, benchmarks["image_folder"], run_dir, plan)
+        done = "reused from an earlier run" if result["reused"]["stage2"] else "trained"
+        log(f"[chain] llava-{name}: {done} ({sum(result['seconds'].values()):.1f} s); answering")
+        result["answers_dir"] = os.path.join(run_dir, "answers")
+        result["generate_commands"] = {b: display(cmd) for b, cmd in generate_commands(
+            result["stage2"], benchmarks, result["answers_dir"], plan).items()}
+        result["seconds"]["answers"] = answer_benchmarks(result["stage2"], benchmarks, result["answers_dir"], plan,
+                                                         fresh=not result["reused"]["stage2"])
+        return result
+
+    with ThreadPoolExecutor(max_workers=len(RUNS)) as pool:
+        futures = {name: pool.submit(one, name) for name in RUNS}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def display(cmd: list[str]) -> str:
+    """A child command as a user types it (`python` for this interpreter)."""
+    return shlex.join(["python" if c == sys.executable else c for c in cmd])
+
+
+def plan_dict(plan: LlavaPlan) -> dict:
+    return asdict(plan)

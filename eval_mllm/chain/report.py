@@ -1,0 +1,240 @@
+"""The chain's report: DIR/report.md, DIR/results.json and DIR/llava_loss_curves.png.
+
+One page for the whole system: the DMU demo's zero-shot table (its own table and chance row),
+the two LLaVA runs' benchmark scores side by side with the chance level of each score beside it,
+the LLaVA loss curves (the trainers' trainer_state.json log_history), the demo's routing heat map
+and loss curves (linked from the demo's folder), and the seconds each stage took.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from collections import Counter
+
+RUN_LABELS = {"dense": "LLaVA + dense CLIP tower", "clip-moe": "LLaVA + CLIP-MoE tower"}
+DEMO_STAGE = "DMU demo (wall clock of run_demo; its stages above)"
+
+
+# ---------------------------------------------------------------------------------------------
+# scores
+
+def score_commands(benchmarks: dict, answers_dir: str) -> dict[str, list[str]]:
+    """`python -m eval_mllm score ... --json` of each benchmark, as a user would type it."""
+    from .llava_runs import ANSWER_FILES
+
+    def answers(name):
+        return ["--result-file", os.path.join(answers_dir, ANSWER_FILES[name]), "--json"]
+
+    base = [sys.executable, "-m", "eval_mllm", "score"]
+    return {"pope": base + ["pope", "--annotation-dir", benchmarks["pope"]["annotation_dir"],
+                            "--question-file", benchmarks["pope"]["question_file"]] + answers("pope"),
+            "gqa": base + ["gqa", "--question-file", benchmarks["gqa"]["question_file"],
+                           "--annotation-file", benchmarks["gqa"]["annotation_file"]] + answers("gqa"),
+            "mmbench": base + ["mmbench", "--question-file", benchmarks["mmbench"]["question_file"]] + answers("mmbench")}
+
+
+def score_run(benchmarks: dict, answers_dir: str) -> dict:
+    """One run's answers scored by `python -m eval_mllm score` (the metrics: its last stdout line)."""
+    from .llava_runs import child_env
+
+    scores = {}
+    for name, cmd in score_commands(benchmarks, answers_dir).items():
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=child_env())
+        if proc.returncode != 0:
+            raise RuntimeError(f"{shlex.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        scores[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return scores
+
+
+def chance_levels(benchmarks: dict) -> dict:
+    """What guessing scores on each benchmark (percent). POPE: each image has as many "no" as
+    "yes" questions, so a coin (or always "yes") gets 50 accuracy. GQA-style: a uniform guess
+    among the answers of the question's type, and the majority answer of each type. MMBench-style:
+    one of four letters (single pass)."""
+    from .data import MC_LETTERS, gqa_chance
+
+    gqa = gqa_chance(benchmarks["gqa"]["annotation_file"])
+    return {"pope_accuracy": 50.0, "gqa_uniform": gqa["uniform"], "gqa_majority": gqa["majority"],
+            "mmbench_accuracy": 100.0 / len(MC_LETTERS)}
+
+
+def most_common_answer(answers_file: str) -> str:
+    """The answer a run gave most often and its share: a model that answers everything alike
+    (always "Yes", always "A") shows here, whatever its score."""
+    with open(answers_file) as f:
+        texts = Counter(json.loads(line)["text"].strip() for line in f if line.strip())
+    text, count = texts.most_common(1)[0]
+    return f"{text!r} ({100.0 * count / sum(texts.values()):.0f} %)"
+
+
+def benchmark_rows(scores: dict, chance: dict, answers_dirs: dict | None = None) -> list[tuple[str, str, dict]]:
+    """(benchmark / metric label, chance text, {run: value}) for the side-by-side table;
+    with answers_dirs ({run: folder}) also each run's most common answer per benchmark."""
+    from .llava_runs import ANSWER_FILES
+
+    runs = list(scores)
+    rows = []
+    splits = sorted(scores[runs[0]]["pope"]["splits"])
+    for split in splits:
+        rows.append((f"POPE {split} accuracy", f"{chance['pope_accuracy']:.1f}",
+                     {r: scores[r]["pope"]["splits"][split]["accuracy"] for r in runs}))
+    rows.append(("POPE accuracy (mean of splits)", f"{chance['pope_accuracy']:.1f}",
+                 {r: scores[r]["pope"]["accuracy_mean"] for r in runs}))
+    rows.append(("POPE F1 (mean of splits)", "66.7 (always yes)", {r: scores[r]["pope"]["f1_mean"] for r in runs}))
+    rows.append(("POPE yes-ratio (adversarial)", "50.0 (balanced labels)",
+                 {r: scores[r]["pope"]["splits"].get("adversarial", {}).get("yes_ratio") for r in runs}))
+    rows.append(("GQA-style accuracy", f"{chance['gqa_uniform']:.1f} uniform / {chance['gqa_majority']:.1f} majority",
+                 {r: scores[r]["gqa"]["accuracy"] for r in runs}))
+    rows.append(("MMBench-style accuracy (single pass)", f"{chance['mmbench_accuracy']:.1f}",
+                 {r: scores[r]["mmbench"]["accuracy"] for r in runs}))
+    categories = sorted(scores[runs[0]]["mmbench"]["per_category"])
+    for cat in categories:
+        rows.append((f"MMBench-style {cat}", f"{chance['mmbench_accuracy']:.1f}",
+                     {r: scores[r]["mmbench"]["per_category"].get(cat) for r in runs}))
+    for name, label in (("pope", "POPE"), ("gqa", "GQA-style"), ("mmbench", "MMBench-style")):
+        if answers_dirs:
+            rows.append((f"{label}: most common answer (share)", "",
+                         {r: most_common_answer(os.path.join(answers_dirs[r], ANSWER_FILES[name])) for r in runs}))
+    return rows
+
+
+def _fmt(v) -> str:
+    if isinstance(v, str):
+        return v
+    return f"{v:.1f}" if isinstance(v, (int, float)) else "–"
+
+
+def benchmark_table(scores: dict, chance: dict, answers_dirs: dict | None = None) -> str:
+    runs = list(scores)
+    lines = ["| benchmark (percent) | chance | " + " | ".join(RUN_LABELS.get(r, r) for r in runs) + " |",
+             "|---|---:|" + "---:|" * len(runs)]
+    for label, chance_text, values in benchmark_rows(scores, chance, answers_dirs):
+        lines.append(f"| {label} | {chance_text} | " + " | ".join(_fmt(values[r]) for r in runs) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# loss curves
+
+def read_log_history(stage_dir: str) -> list[dict]:
+    """(step, loss) rows of a stage's trainer_state.json (LLaVA's train() saves it at the end)."""
+    path = os.path.join(stage_dir, "trainer_state.json")
+    with open(path) as f:
+        history = json.load(f).get("log_history", [])
+    return [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h and "step" in h]
+
+
+def plot_llava_losses(curves: dict[str, dict[str, list[dict]]], path: str) -> str:
+    """curves: {run: {stage: rows}}; one panel per stage, one line per run."""
+    from clipmoe_encoder.demo.report import _pyplot
+
+    plt = _pyplot()
+    stages = sorted({s for per_run in curves.values() for s in per_run})
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.6 * len(stages), 3.2), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        for run, per_run in curves.items():
+            rows = per_run.get(stage, [])
+            ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.0, label=RUN_LABELS.get(run, run))
+        ax.set_title(f"LLaVA {stage}", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("LLaVA training loss (trainer_state.json log_history)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+def chain_seconds(summary: dict) -> float:
+    """The whole chain's time even where the demo's stages were reused from an earlier run (the
+    demo resumes from its stages.json): its stages' recorded times + everything after it."""
+    after_demo = summary["total_seconds"] - summary["timings"][DEMO_STAGE]
+    return sum(summary["demo"]["timings"].values()) + after_demo
+
+
+def write_report(out_dir: str, summary: dict) -> str:
+    """summary: mode, demo (run_demo's summary), demo_dir, plan, runs, scores, chance, curves,
+    timings ({stage: seconds}, wall clock of the chain), total_seconds."""
+    figure = plot_llava_losses(summary["curves"], os.path.join(out_dir, "llava_loss_curves.png"))
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        demo = summary["demo"]
+        json.dump({k: v for k, v in summary.items() if k != "demo"}
+                  | {"zero_shot": demo["results"], "zero_shot_chance": demo["chance"], "demo_timings": demo["timings"],
+                     "chain_seconds_with_demo_stage_times": chain_seconds(summary)}, f, indent=1)
+    path = os.path.join(out_dir, "report.md")
+    with open(path, "w") as f:
+        f.write(markdown(out_dir, summary, figure))
+    return path
+
+
+def markdown(out_dir: str, summary: dict, loss_figure: str) -> str:
+    from clipmoe_encoder.demo.report import results_table
+
+    from .llava_runs import display
+
+    demo, plan = summary["demo"], summary["plan"]
+    demo_rel = os.path.relpath(summary["demo_dir"], out_dir)
+    runs = summary["runs"]
+    md = [f"# CLIP-MoE chain: dense CLIP -> CLIP-MoE (DMU) -> LLaVA -> benchmarks ({summary['mode']} mode)", ""]
+    md += [("Every number is measured by this run. Scores at or near the chance column mean the model has not "
+            "learned that skill at this size/budget."), ""]
+
+    md += ["## 1. Zero-shot CLIP results (DMU demo)", ""]
+    md += [f"From the demo in `{demo_rel}/` (its full report: `{demo_rel}/report.md`); percent, last row = chance.", ""]
+    md += [results_table(demo["results"], demo["chance"]), ""]
+
+    md += ["## 2. LLaVA with each tower, same LLM, data and budget", ""]
+    first = runs[next(iter(runs))]
+    md += [(f"Stage 1 (projector, `scripts/llava/pretrain.sh`, DeepSpeed ZeRO-2): {first['steps']['stage1']} steps; "
+            f"stage 2 (projector + LLM, `scripts/llava/finetune.sh`, ZeRO-3): {first['steps']['stage2']} steps; batch "
+            f"{plan['batch']}; tower frozen in both. LLM: Llama, hidden {plan['llm_hidden']}, {plan['llm_layers']} layers, "
+            f"random init, sentencepiece BPE trained on the conversations. Training data: {plan['n_train']} training scenes; "
+            f"benchmarks: {plan['n_test']} held-out scenes "
+            f"(POPE {summary['benchmarks']['pope']['n']}, GQA-style {summary['benchmarks']['gqa']['n']}, "
+            f"MMBench-style {summary['benchmarks']['mmbench']['n']} questions), answered greedily with "
+            "`python -m eval_mllm generate` and scored with `python -m eval_mllm score` (commands below)."), ""]
+    md += [benchmark_table(summary["scores"], summary["chance"], {r: run["answers_dir"] for r, run in runs.items()}), ""]
+    md += ["| run | vision tower | stage-1 loss first → last | stage-2 loss first → last |", "|---|---|---:|---:|"]
+    for name, run in runs.items():
+        cells = []
+        for stage in ("stage1", "stage2"):
+            rows = summary["curves"][name].get(stage, [])
+            cells.append(f"{rows[0]['loss']:.3f} → {rows[-1]['loss']:.3f}" if rows else "–")
+        md.append(f"| {RUN_LABELS.get(name, name)} | `{run['tower']}` | {cells[0]} | {cells[1]} |")
+    md += [""]
+
+    md += ["## 3. Figures", ""]
+    md += [f"![LLaVA loss curves]({os.path.basename(loss_figure)})", ""]
+    for name in ("routing_clip-moe.png", "routing_upcycling.png", "loss_curves.png"):
+        if os.path.isfile(os.path.join(summary["demo_dir"], name)):
+            md += [f"![demo {name}]({demo_rel}/{name})", ""]
+
+    md += ["## 4. Time per stage", ""]
+    md += [(f"Wall clock, {os.cpu_count()} CPU(s); 1-minute load average at the start: "
+            f"{summary.get('load_average_1min_at_start')}. The two LLaVA runs train side by side, one core each, so "
+            "their stage times overlap; the chain's LLaVA stage is their wall clock."), ""]
+    md += ["| stage | seconds |", "|---|---:|"]
+    md += [f"| demo: {name} | {sec:.1f} |" for name, sec in demo["timings"].items()]
+    md += [f"| {name} | {sec:.1f} |" for name, sec in summary["timings"].items()]
+    for name, run in runs.items():
+        md += [f"| &nbsp;&nbsp;{name}: {stage}{' (reused: finished by an earlier run)' if run['reused'].get(stage) else ''} "
+               f"| {sec:.1f} |" for stage, sec in run["seconds"].items()]
+    md += [f"| **total (wall clock of this command)** | **{summary['total_seconds']:.1f}** |"]
+    md += [f"| **total, demo counted by its recorded stage times** | **{chain_seconds(summary):.1f}** |", ""]
+    md += ["## Settings", "", f"`{json.dumps(plan)}`", ""]
+    md += ["## The evaluation commands (CLIP-MoE run; the dense run's differ only in their folders)", "", "```"]
+    moe = runs["clip-moe"]
+    md += list(moe.get("generate_commands", {}).values())
+    md += [display(cmd) for cmd in score_commands(summary["benchmarks"], moe["answers_dir"]).values()]
+    md += ["```", ""]
+    return "\n".join(md)

@@ -1,0 +1,88 @@
+"""`python -m eval_mllm.chain --out DIR --quick` end to end, once: DMU demo, both LLaVA runs through
+the DeepSpeed scripts, the three benchmarks, the report."""
+
+import json
+import math
+import os
+import re
+import time
+
+import pytest
+
+from eval_mllm.chain import cli
+
+pytestmark = pytest.mark.slow
+
+RUN_ROWS = ("LLaVA + dense CLIP tower", "LLaVA + CLIP-MoE tower")
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("chain") / "quick")
+    start = time.perf_counter()
+    code = cli.main(["--out", out, "--quick"])
+    seconds = time.perf_counter() - start
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    with open(os.path.join(out, "report.md")) as f:
+        report = f.read()
+    return out, code, seconds, results, report
+
+
+def test_finishes_under_five_minutes(chain):
+    _, code, seconds, results, _ = chain
+    print(f"quick chain: {seconds:.1f} s")
+    assert code == 0
+    assert seconds < 300
+    assert results["total_seconds"] < 300
+
+
+def test_report_has_both_llava_runs_with_chance_levels(chain):
+    out, _, _, _, report = chain
+    table = [line for line in report.splitlines() if line.startswith("| ")]
+    header = next(line for line in table if line.startswith("| benchmark"))
+    assert "| chance |" in header and all(label in header for label in RUN_ROWS)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table}
+    assert rows["POPE accuracy (mean of splits)"][0] == "50.0"
+    assert rows["MMBench-style accuracy (single pass)"][0] == "25.0"
+    assert re.fullmatch(r"\d+\.\d uniform / \d+\.\d majority", rows["GQA-style accuracy"][0])
+    for label in ("POPE accuracy (mean of splits)", "GQA-style accuracy", "MMBench-style accuracy (single pass)"):
+        assert all(re.fullmatch(r"\d+\.\d", v) for v in rows[label][1:]), rows[label]  # both runs scored
+    assert "dense base" in report and "CLIP-MoE (DMU)" in report  # the demo's zero-shot table
+    for name in ("llava_loss_curves.png", "demo/routing_clip-moe.png"):
+        assert os.path.isfile(os.path.join(out, name)) and f"]({name})" in report
+
+
+def test_every_question_answered_and_scored(chain):
+    _, _, _, results, _ = chain
+    for run in ("dense", "clip-moe"):
+        scores = results["scores"][run]
+        for name in ("pope", "gqa", "mmbench"):
+            assert scores[name]["n_missing"] == 0 and scores[name]["n_scored"] == results["benchmarks"][name]["n"]
+
+
+def test_both_runs_trained_with_finite_losses_and_the_same_budget(chain):
+    _, _, _, results, _ = chain
+    runs = results["runs"]
+    assert runs["dense"]["steps"] == runs["clip-moe"]["steps"]
+    assert runs["dense"]["tower"] != runs["clip-moe"]["tower"] and runs["clip-moe"]["tower"].startswith("clipmoe:")
+    for run in ("dense", "clip-moe"):
+        for stage in ("stage1", "stage2"):
+            losses = [r["loss"] for r in results["curves"][run][stage]]
+            assert len(losses) == runs[run]["steps"][stage]
+            assert all(math.isfinite(x) and x > 0 for x in losses)
+        stage2 = [r["loss"] for r in results["curves"][run]["stage2"]]
+        assert sum(stage2[-10:]) / 10 < sum(stage2[:10]) / 10  # the LLM learned something
+        with open(os.path.join(os.path.dirname(runs[run]["stage2"]), "stage2.log")) as f:
+            log = f.read()
+        assert "tokenization mismatch" not in log and "zero3.json" in log
+
+
+def test_rerun_reuses_finished_stages_and_gives_the_same_scores(chain):
+    out, _, _, results, _ = chain
+    again = cli.run_chain(out, quick=True, log=lambda *a: None)
+    for run in again["runs"].values():
+        assert run["reused"] == {"stage1": True, "stage2": True}
+    assert again["scores"] == results["scores"]
+    with open(os.path.join(out, "report.md")) as f:
+        assert "reused: finished by an earlier run" in f.read()
