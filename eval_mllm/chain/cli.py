@@ -1,7 +1,7 @@
 """`python -m eval_mllm.chain --out DIR [--quick]`: the whole system on the embedded default.
 
-DMU demo (dense CLIP -> CLIP-MoE, zero-shot table) -> the two towers -> a small LLaVA trained
-twice through the DeepSpeed scripts (dense tower, CLIP-MoE tower) -> POPE/GQA/MMBench-style
+DMU demo (dense CLIP -> CLIP-MoE, zero-shot table) -> the two towers -> a small LLM trained on
+the world's text -> a small LLaVA trained twice through the DeepSpeed scripts (dense tower, CLIP-MoE tower) -> POPE/GQA/MMBench-style
 benchmarks on held-out scenes -> DIR/report.md. Quick mode: toy sizes, under 5 minutes on 2 cores.
 """
 
@@ -16,7 +16,7 @@ import time
 def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
     from clipmoe_encoder.demo.run import run_demo
 
-    from . import data, llava_runs, report
+    from . import data, language_model, llava_runs, report
 
     start = time.perf_counter()
     out_dir = os.path.abspath(out_dir)
@@ -40,15 +40,16 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
     benchmarks = data.write_benchmarks(world_dir, os.path.join(out_dir, "benchmarks"), plan.n_test, plan.n_train, plan.seed)
     towers = timed("vision towers from the demo's checkpoints",
                    lambda: llava_runs.tower_names(demo["models"], os.path.join(llava_dir, "towers")))
-    llm = timed("tokenizer + LLM", lambda: llava_runs.build_llm(os.path.join(llava_dir, "llm"), paths, plan))
+    llm = timed("language model: tokenizer, Llama, causal-LM training on the world's text",
+                lambda: language_model.build_language_model(os.path.join(llava_dir, "llm"), paths, plan))
     runs = timed("LLaVA: both runs (stage 1, stage 2, answers)", lambda: llava_runs.run_both(
-        towers, llm, paths, benchmarks, llava_dir, plan, log))
+        towers, llm["dir"], paths, benchmarks, llava_dir, plan, log))
     scores = timed("scoring", lambda: {name: report.score_run(benchmarks, run["answers_dir"]) for name, run in runs.items()})
     curves = {name: {stage: report.read_log_history(run[stage]) for stage in ("stage1", "stage2")}
               for name, run in runs.items()}
     summary = {"mode": "quick" if quick else "full", "demo": demo, "demo_dir": demo_dir,
                "plan": llava_runs.plan_dict(plan), "benchmarks": benchmarks, "runs": runs, "scores": scores,
-               "chance": report.chance_levels(benchmarks), "curves": curves, "timings": timings,
+               "chance": report.chance_levels(benchmarks), "curves": curves, "language_model": llm, "timings": timings,
                "load_average_1min_at_start": load}
     summary["total_seconds"] = time.perf_counter() - start
     path = report.write_report(out_dir, summary)

@@ -44,6 +44,8 @@ class LlavaPlan:
     # run's LLM still answered every short-answer question with an empty string after 128 steps
     # (loss 2.6); at 3e-3 it gives answers of the right kind (loss 0.75 after 256 steps).
     stage2_lr: float = 3e-3
+    lm_steps: int = 100  # causal-LM training of the LLM on the world's text, before LLaVA's stage 1
+    lm_lr: float = 3e-3
     max_new_tokens: int = 8  # answers are a word, a letter or yes/no
     eval_batch: int = 16
     seed: int = 0
@@ -59,12 +61,13 @@ def make_plan(quick: bool) -> LlavaPlan:
     # Full: both runs side by side, a stage-2 step (hidden 128, 36 image tokens, batch 16) took
     # 0.4-0.5 s on one of 2 cores; 600 steps per run made the LLaVA part 8 minutes (GQA-style above
     # its majority rate, POPE and MMBench-style at chance), so 1200 steps on twice the scenes.
+    # LM training: 600 steps (2 epochs of the 4,800 texts) took about a minute on 2 cores.
     return LlavaPlan(n_train=2400, n_test=150, llm_hidden=128, llm_layers=2, vocab_size=1000, batch=16,
-                     stage1_epochs=1, stage2_epochs=8)
+                     stage1_epochs=1, stage2_epochs=8, lm_steps=600)
 
 
 # ---------------------------------------------------------------------------------------------
-# inputs of the runs: the towers and the LLM
+# inputs of the runs: the towers (the LLM: language_model.py)
 
 def dense_tower(clip_dir: str, out_dir: str) -> str:
     """The dense CLIP's vision half as a stock LLaVA tower: a CLIPVisionModel + CLIPImageProcessor
@@ -95,21 +98,6 @@ def tower_names(demo_models: dict, out_dir: str) -> dict[str, str]:
     """--vision_tower of each run: a plain directory goes to LLaVA's builder, clipmoe:<dir> to ours."""
     return {"dense": dense_tower(demo_models["base"], os.path.join(out_dir, "dense")),
             "clip-moe": "clipmoe:" + clipmoe_tower(demo_models["clip-moe"], os.path.join(out_dir, "clip-moe"))}
-
-
-def build_llm(out_dir: str, data_paths: dict, plan: LlavaPlan) -> str:
-    """A sentencepiece BPE (byte fallback) trained on this chain's conversations laid out in the
-    vicuna_v1 template, and a randomly initialised Llama on its vocabulary."""
-    from llava_integration import tiny
-
-    records = []
-    for name in ("pretrain", "finetune"):
-        with open(data_paths[name]) as f:
-            records.append(json.load(f))
-    tokenizer = tiny.build_tokenizer(out_dir, tiny.conversation_corpus(*records, joined=True), vocab_size=plan.vocab_size)
-    tiny.build_llm(out_dir, len(tokenizer), plan.seed, hidden_size=plan.llm_hidden, intermediate_size=2 * plan.llm_hidden,
-                   num_hidden_layers=plan.llm_layers)
-    return out_dir
 
 
 # ---------------------------------------------------------------------------------------------

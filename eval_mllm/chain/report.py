@@ -128,24 +128,26 @@ def read_log_history(stage_dir: str) -> list[dict]:
     return [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h and "step" in h]
 
 
-def plot_llava_losses(curves: dict[str, dict[str, list[dict]]], path: str) -> str:
-    """curves: {run: {stage: rows}}; one panel per stage, one line per run."""
+def plot_llava_losses(curves: dict[str, dict[str, list[dict]]], path: str, lm_history: list[dict] | None = None) -> str:
+    """curves: {run: {stage: rows}}; one panel per stage, one line per run; first, the shared
+    language model's text-only training (lm_history), when given."""
     from clipmoe_encoder.demo.report import _pyplot
 
     plt = _pyplot()
-    stages = sorted({s for per_run in curves.values() for s in per_run})
-    fig, axes = plt.subplots(1, len(stages), figsize=(4.6 * len(stages), 3.2), squeeze=False)
-    for ax, stage in zip(axes[0], stages):
-        for run, per_run in curves.items():
-            rows = per_run.get(stage, [])
-            ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.0, label=RUN_LABELS.get(run, run))
-        ax.set_title(f"LLaVA {stage}", fontsize=9)
+    panels = [("language model (text only)", {"shared LLM": lm_history})] if lm_history else []
+    for stage in sorted({s for per_run in curves.values() for s in per_run}):
+        panels.append((f"LLaVA {stage}", {RUN_LABELS.get(run, run): per_run.get(stage, []) for run, per_run in curves.items()}))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.2), squeeze=False)
+    for ax, (title, lines) in zip(axes[0], panels):
+        for label, rows in lines.items():
+            ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.0, label=label)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("loss", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("LLaVA training loss (trainer_state.json log_history)", fontsize=10)
+    fig.suptitle("Training loss (LLaVA: trainer_state.json log_history)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -165,7 +167,8 @@ def chain_seconds(summary: dict) -> float:
 def write_report(out_dir: str, summary: dict) -> str:
     """summary: mode, demo (run_demo's summary), demo_dir, plan, runs, scores, chance, curves,
     timings ({stage: seconds}, wall clock of the chain), total_seconds."""
-    figure = plot_llava_losses(summary["curves"], os.path.join(out_dir, "llava_loss_curves.png"))
+    figure = plot_llava_losses(summary["curves"], os.path.join(out_dir, "llava_loss_curves.png"),
+                               summary["language_model"]["history"])
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         demo = summary["demo"]
         json.dump({k: v for k, v in summary.items() if k != "demo"}
@@ -195,10 +198,14 @@ def markdown(out_dir: str, summary: dict, loss_figure: str) -> str:
 
     md += ["## 2. LLaVA with each tower, same LLM, data and budget", ""]
     first = runs[next(iter(runs))]
+    lm_rows = summary["language_model"]["history"]
+    lm_loss = f"{lm_rows[0]['loss']:.3f} → {lm_rows[-1]['loss']:.3f}" if lm_rows else "–"
     md += [(f"Stage 1 (projector, `scripts/llava/pretrain.sh`, DeepSpeed ZeRO-2): {first['steps']['stage1']} steps; "
             f"stage 2 (projector + LLM, `scripts/llava/finetune.sh`, ZeRO-3): {first['steps']['stage2']} steps; batch "
             f"{plan['batch']}; tower frozen in both. LLM: Llama, hidden {plan['llm_hidden']}, {plan['llm_layers']} layers, "
-            f"random init, sentencepiece BPE trained on the conversations. Training data: {plan['n_train']} training scenes; "
+            f"sentencepiece BPE trained on the conversations, then {plan['lm_steps']} steps of causal-LM training on the "
+            f"world's text (captions, conversations without images; loss {lm_loss}), shared by both runs. "
+            f"Training data: {plan['n_train']} training scenes; "
             f"benchmarks: {plan['n_test']} held-out scenes "
             f"(POPE {summary['benchmarks']['pope']['n']}, GQA-style {summary['benchmarks']['gqa']['n']}, "
             f"MMBench-style {summary['benchmarks']['mmbench']['n']} questions), answered greedily with "
