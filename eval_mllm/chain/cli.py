@@ -35,9 +35,9 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
     plan = llava_runs.make_plan(quick)
     world_dir = os.path.join(demo_dir, "world")
     llava_dir = os.path.join(out_dir, "llava")
-    paths = timed("conversations + benchmarks", lambda: data.write_training_data(
-        world_dir, os.path.join(llava_dir, "data"), plan.n_train, plan.seed))
-    benchmarks = data.write_benchmarks(world_dir, os.path.join(out_dir, "benchmarks"), plan.n_test, plan.n_train, plan.seed)
+    paths, benchmarks = timed("conversations + benchmarks", lambda: (
+        data.write_training_data(world_dir, os.path.join(llava_dir, "data"), plan.n_train, plan.seed),
+        data.write_benchmarks(world_dir, os.path.join(out_dir, "benchmarks"), plan.n_test, plan.n_train, plan.seed)))
     towers = timed("vision towers from the demo's checkpoints",
                    lambda: llava_runs.tower_names(demo["models"], os.path.join(llava_dir, "towers")))
     llm = timed("language model: tokenizer, Llama, causal-LM training on the world's text",
