@@ -98,12 +98,24 @@ def train_language_model(model_dir: str, texts: list[str], steps: int, batch: in
     return history
 
 
+def build_untrained(out_dir: str, data_paths: dict, plan) -> None:
+    """The sentencepiece BPE learned from the conversations (vicuna_v1 layout) and a randomly
+    initialised Llama of the plan's sizes on it, saved in out_dir."""
+    from llava_integration import tiny
+
+    records = []
+    for name in ("pretrain", "finetune"):
+        with open(data_paths[name]) as f:
+            records.append(json.load(f))
+    tokenizer = tiny.build_tokenizer(out_dir, tiny.conversation_corpus(*records, joined=True), vocab_size=plan.vocab_size)
+    tiny.build_llm(out_dir, len(tokenizer), plan.seed, hidden_size=plan.llm_hidden,
+                   intermediate_size=2 * plan.llm_hidden, num_hidden_layers=plan.llm_layers)
+
+
 def build_language_model(out_dir: str, data_paths: dict, plan) -> dict:
     """Tokenizer + Llama + LM training (plan: llava_runs.LlavaPlan); returns
     {"dir", "history", "seconds", "reused"}."""
     from dataclasses import asdict
-
-    from llava_integration import tiny
 
     marker = os.path.join(out_dir, DONE_MARKER)
     settings = asdict(plan)
@@ -113,13 +125,7 @@ def build_language_model(out_dir: str, data_paths: dict, plan) -> dict:
         if done.get("settings") == settings:
             return {"dir": out_dir, "history": done["history"], "seconds": done["seconds"], "reused": True}
     start = time.perf_counter()
-    records = []
-    for name in ("pretrain", "finetune"):
-        with open(data_paths[name]) as f:
-            records.append(json.load(f))
-    tokenizer = tiny.build_tokenizer(out_dir, tiny.conversation_corpus(*records, joined=True), vocab_size=plan.vocab_size)
-    tiny.build_llm(out_dir, len(tokenizer), plan.seed, hidden_size=plan.llm_hidden,
-                   intermediate_size=2 * plan.llm_hidden, num_hidden_layers=plan.llm_layers)
+    build_untrained(out_dir, data_paths, plan)
     history = train_language_model(out_dir, conversation_texts(data_paths), plan.lm_steps, plan.batch, plan.lm_lr,
                                    plan.seed)
     seconds = time.perf_counter() - start

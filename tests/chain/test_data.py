@@ -163,11 +163,12 @@ def test_training_conversations_pass_llava_label_masking(world, tmp_path):
     from llava.train import train as T
     from transformers import AutoTokenizer
 
-    from eval_mllm.chain import llava_runs as R
+    from eval_mllm.chain import language_model, llava_runs
 
-    plan = R.make_plan(quick=True)
+    plan = llava_runs.make_plan(quick=True)
     paths = D.write_training_data(world, str(tmp_path / "data"), n_train=40)
-    llm = R.build_llm(str(tmp_path / "llm"), paths, plan)
+    llm = str(tmp_path / "llm")
+    language_model.build_untrained(llm, paths, plan)
     tokenizer = AutoTokenizer.from_pretrained(llm, use_fast=False)
     tokenizer.pad_token, tokenizer.model_max_length = tokenizer.unk_token, 256
     T.conversation_lib.default_conversation = conversation.conv_templates["vicuna_v1"]
