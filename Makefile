@@ -51,8 +51,8 @@ $(LEGACY_STAMP):
 	$(PYTHON) -m venv $(LEGACY)
 	$(LEGACY)/bin/pip install -q torch==2.13.0
 	$(LEGACY)/bin/pip install -q torch==2.13.0 -r requirements/legacy.txt
-	# DeepSpeed JIT-compiles its CPU op (~35 s) at the first launch in this environment
-	$(LEGACY)/bin/pip install -q --no-build-isolation deepspeed==0.19.8
+	# DeepSpeed's CPU communication op is compiled now (as in .venv), not at the first launch
+	DS_BUILD_SHM_COMM=1 $(LEGACY)/bin/pip install -q --no-build-isolation --no-cache-dir deepspeed==0.19.8
 	$(LEGACY)/bin/pip install -q --no-deps llava-torch==1.2.2.post1
 	$(LEGACY)/bin/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
