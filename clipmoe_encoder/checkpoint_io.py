@@ -60,7 +60,7 @@ def safetensors_shapes(path: str) -> dict[str, tuple[int, ...]]:
         raise CLIPMoEError(f"{path}: not a readable safetensors file ({err})") from None
 
 
-def check_weight_shapes(directory: str, model: torch.nn.Module, prefix_options=("",)) -> None:
+def check_weight_shapes(directory: str, model: torch.nn.Module) -> None:
     """Compare every stored tensor's shape with the model's before loading (names the first mismatch)."""
     files = [f for f in sorted(os.listdir(directory)) if f.endswith(".safetensors")]
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

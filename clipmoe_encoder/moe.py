@@ -75,15 +75,11 @@ class StackedExperts(nn.Module):
         self.act = activation_fn(hidden_act)
         self.dropout = dropout
 
-    @property
-    def num_experts(self) -> int:
-        return self.fc1_weight.shape[0]
-
-    def forward(self, x_sorted: torch.Tensor, expert_ids_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """Rows of `x_sorted` are grouped by expert (counts[e] rows for expert e, in order)."""
+    def forward(self, x_sorted: torch.Tensor, expert_ids_sorted: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """Rows of `x_sorted` are grouped by expert: expert e owns rows ends[e-1]:ends[e] (int32)."""
         if self._use_grouped_mm(x_sorted):
-            return self._grouped(x_sorted, expert_ids_sorted, counts)
-        return self._looped(x_sorted, counts)
+            return self._grouped(x_sorted, expert_ids_sorted, ends)
+        return self._looped(x_sorted, ends)
 
     def _use_grouped_mm(self, x: torch.Tensor) -> bool:
         # On CPU torch's grouped_mm is itself a loop (and no faster than ours, measured); the loop
@@ -93,14 +89,13 @@ class StackedExperts(nn.Module):
         wanted = x.is_cuda if self.prefer_grouped_mm is None else self.prefer_grouped_mm
         return _HAS_GROUPED_MM and wanted and aligned
 
-    def _grouped(self, x, expert_ids, counts):
-        offsets = counts.cumsum(0).to(torch.int32)
-        h = F.grouped_mm(x, self.fc1_weight.transpose(1, 2), offs=offsets) + self.fc1_bias[expert_ids]
+    def _grouped(self, x, expert_ids, ends):
+        h = F.grouped_mm(x, self.fc1_weight.transpose(1, 2), offs=ends) + self.fc1_bias[expert_ids]
         h = F.dropout(self.act(h), self.dropout, self.training)
-        return F.grouped_mm(h, self.fc2_weight.transpose(1, 2), offs=offsets) + self.fc2_bias[expert_ids]
+        return F.grouped_mm(h, self.fc2_weight.transpose(1, 2), offs=ends) + self.fc2_bias[expert_ids]
 
-    def _looped(self, x, counts):
-        sizes = counts.tolist()
+    def _looped(self, x, ends):
+        sizes = ends.diff(prepend=ends.new_zeros(1)).tolist()
         if not torch.is_grad_enabled() and self.act is quick_gelu:
             return self._looped_inference(x, sizes)
         outputs = []
@@ -109,14 +104,14 @@ class StackedExperts(nn.Module):
                 continue
             h = F.dropout(self.act(F.linear(chunk, self.fc1_weight[e], self.fc1_bias[e])), self.dropout, self.training)
             outputs.append(F.linear(h, self.fc2_weight[e], self.fc2_bias[e]))
-        return torch.cat(outputs) if outputs else x.new_zeros(0, self.fc2_weight.shape[1])
+        return torch.cat(outputs) if outputs else x.new_zeros(0, self.hidden_size)
 
     def _looped_inference(self, x, sizes):
         # Without autograd the CPU path can write in place: quick_gelu(z) = silu(1.702 z) / 1.702,
         # so fc1 is computed pre-scaled by 1.702 (addmm's alpha/beta), silu runs in place, and fc2
         # divides by 1.702 through its alpha, writing straight into the output: one pass over the
         # hidden activations instead of three, and no concatenation.
-        out = x.new_empty(x.shape[0], self.fc2_weight.shape[1])
+        out = x.new_empty(x.shape[0], self.hidden_size)
         start = 0
         for e, n in enumerate(sizes):
             if n == 0:
@@ -150,9 +145,13 @@ class MoEFeedForward(nn.Module):
         # Sort the (token, slot) pairs by expert: every expert then reads one contiguous slice.
         flat_experts = experts.reshape(-1)
         order = flat_experts.argsort(stable=True)
-        counts = torch.bincount(flat_experts, minlength=self.router.num_experts)
+        sorted_experts = flat_experts[order]
+        # Group boundaries by binary search over the sorted ids: unlike bincount, which reads the
+        # ids' min and max back to the host on CUDA, this stays on the device.
+        boundaries = torch.arange(1, self.router.num_experts + 1, device=x.device, dtype=sorted_experts.dtype)
+        ends = torch.searchsorted(sorted_experts, boundaries, out_int32=True)
         token = order // self.top_k
-        y = self.experts(x[token], flat_experts[order], counts)
+        y = self.experts(x[token], sorted_experts, ends)
 
         pair_weights = weights.reshape(-1)[order].unsqueeze(-1)
         y = y.mul_(pair_weights) if not torch.is_grad_enabled() else y * pair_weights

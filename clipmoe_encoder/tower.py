@@ -20,6 +20,7 @@ import sys
 import torch
 from torch import nn
 from transformers import CLIPImageProcessor
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from .checkpoint_io import MOE_MODEL_TYPES, looks_local
 from .configuration import CLIPMoEConfig, CLIPMoEVisionConfig
@@ -34,9 +35,6 @@ SELECT_FEATURES = ("patch", "cls_patch")
 # LLaVA config fields written by the integration so that a saved model rebuilds its tower exactly.
 SAVED_CONFIG_FIELD = "clipmoe_vision_config"
 SAVED_PROCESSOR_FIELD = "clipmoe_image_processor"
-# OpenAI CLIP normalisation, used when a tower directory has no preprocessor_config.json.
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def is_clipmoe_directory(path) -> bool:
@@ -114,7 +112,8 @@ def default_image_processor(config: CLIPMoEVisionConfig) -> CLIPImageProcessor:
     """CLIP preprocessing at the tower's resolution (resize shortest edge, centre crop, CLIP mean/std)."""
     size = config.image_size
     return CLIPImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=CLIP_MEAN, image_std=CLIP_STD
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+        image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD
     )
 
 
@@ -218,22 +217,23 @@ class CLIPMoEVisionTower(nn.Module):
     def load_model(self, device_map=None):
         if self.is_loaded:
             return
-        _check_source(self.source)
-        config = load_vision_config(self.source)
-        kwargs = {"config": config}
-        if device_map is not None:
-            kwargs["device_map"] = device_map
+        source = self.source
+        _check_source(source)
+        # No config= here: from_pretrained then checks the weights against the config (one clear
+        # error) and takes the vision half of a two-tower checkpoint itself.
+        kwargs = {} if device_map is None else {"device_map": device_map}
         with _outside_zero3_init():
-            model = CLIPMoEVisionModel.from_pretrained(self.source, **kwargs)
-        self._install(model, load_image_processor(self.source, config))
+            model = CLIPMoEVisionModel.from_pretrained(source, **kwargs)
+        self._install(model, load_image_processor(source, model.config))
 
     def load_source_weights(self):
         """Re-read the tower's tensors from its original checkpoint (for LLaVA checkpoints that hold
         only a projector or LoRA weights and therefore no tower)."""
-        _check_source(self.source)
+        source = self.source
+        _check_source(source)
         with _outside_zero3_init():
-            source = CLIPMoEVisionModel.from_pretrained(self.source, config=load_vision_config(self.source))
-        self.vision_tower.load_state_dict(source.state_dict())
+            original = CLIPMoEVisionModel.from_pretrained(source)
+        self.vision_tower.load_state_dict(original.state_dict())
 
     def _install(self, model: CLIPMoEVisionModel, processor):
         if self.aux_loss_coef is not None:
@@ -336,4 +336,4 @@ class CLIPMoEVisionTower(nn.Module):
 
     @property
     def num_patches(self):
-        return (self.config.image_size // self.config.patch_size) ** 2
+        return self.num_patches_per_side ** 2

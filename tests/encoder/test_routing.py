@@ -119,7 +119,9 @@ def test_model_losses_average_layers_and_ignore_text_padding():
     assert abs(with_padding.item() - lb_text.item()) > 1e-4, "the fixture's padding must change the loss"
     vision = out.vision_model_output
     n_v, n_t = len(vision.router_logits), len(text.router_logits)
-    combined = (vision.load_balancing_loss * n_v + text.load_balancing_loss * n_t) / (n_v + n_t)
+    # every layer of both towers counts once (text padding masked), from the raw router logits
+    combined = (sum(load_balancing_loss(r) for r in vision.router_logits)
+                + sum(load_balancing_loss(r[real]) for r in text.router_logits)) / (n_v + n_t)
     assert out.load_balancing_loss.item() == pytest.approx(combined.item(), abs=1e-6)
     expected = 0.01 * out.load_balancing_loss + 1e-3 * out.router_z_loss
     assert out.aux_loss.item() == pytest.approx(expected.item(), abs=1e-7)

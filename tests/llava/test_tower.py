@@ -98,6 +98,22 @@ def test_not_a_clipmoe_checkpoint(tmp_path):
         CLIPMoEVisionTower(f"clipmoe:{tmp_path / 'missing'}", args())
 
 
+def test_weights_that_do_not_fit_the_config(world, tmp_path):
+    """The tower gets the same one-line error as CLIPMoEVisionModel.from_pretrained, not
+    transformers' load report."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(world.tower, broken)
+    with open(broken / "config.json") as f:
+        config = json.load(f)
+    config["num_experts"] += 1
+    with open(broken / "config.json", "w") as f:
+        json.dump(config, f)
+    with pytest.raises(CLIPMoEError, match="num_experts"):
+        CLIPMoEVisionTower(f"clipmoe:{broken}", args())
+
+
 def test_image_size_that_does_not_fit(world, tmp_path):
     tower = CLIPMoEVisionTower("clipmoe:" + world.tower, args())
     with pytest.raises(CLIPMoEError, match="32x32"):
