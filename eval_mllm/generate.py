@@ -109,8 +109,6 @@ def generate(questions, model, answers_file, image_folder="", batch_size=1, num_
 
     if batch_size < 1:
         raise EvalInputError("--batch-size must be at least 1")
-    if not getattr(model, "supports_batching", True):
-        batch_size = 1
     chunk = get_chunk(questions, num_chunks, chunk_idx)
     stats = GenerateStats(n_questions=len(chunk))
     folder = os.path.dirname(os.path.abspath(answers_file))
@@ -132,7 +130,7 @@ def generate(questions, model, answers_file, image_folder="", batch_size=1, num_
                         raise
                     stats.n_skipped_bad_image += 1
                     stats.skipped.append(str(exc))
-                    bar.update(1)
+                    bar.update(1)  # counted here; the batch's update below counts only the kept ones
                     continue
                 items.append((image, q.text))
                 kept.append(q)
@@ -144,7 +142,7 @@ def generate(questions, model, answers_file, image_folder="", batch_size=1, num_
                 out.write(json.dumps(answer_record(q, text, model.model_id), ensure_ascii=False) + "\n")
                 out.flush()
                 stats.n_generated += 1
-            bar.update(len(batch))
+            bar.update(len(kept))
     return stats
 
 

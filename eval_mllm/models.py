@@ -23,7 +23,11 @@ from .errors import EvalInputError
 def _conv_prompt(conv_mode: str, user_text: str, with_image: bool, im_start_end=False) -> str:
     """The full prompt as model_vqa_loader builds it: `<image>\\n` + text in the template
     (`<im_start><image><im_end>\\n` for checkpoints trained with mm_use_im_start_end)."""
-    from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
+    from llava.constants import (
+        DEFAULT_IM_END_TOKEN,
+        DEFAULT_IM_START_TOKEN,
+        DEFAULT_IMAGE_TOKEN,
+    )
     from llava.conversation import conv_templates
 
     if conv_mode not in conv_templates:
@@ -55,11 +59,10 @@ class _Base:
     max_new_tokens = 128
     min_new_tokens = 0
     model_id = ""
-    supports_batching = True
 
     def _gen_kwargs(self):
         # Greedy as LLaVA's scripts with --temperature 0.
-        kw = dict(do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens, use_cache=True)
+        kw = {"do_sample": False, "num_beams": 1, "max_new_tokens": self.max_new_tokens, "use_cache": True}
         if self.min_new_tokens:
             kw["min_new_tokens"] = self.min_new_tokens
         return kw
@@ -122,8 +125,8 @@ class LlavaTorchModel(_Base):
         if all(with_image):
             images = [image for image, _ in batch]
             tensor = process_images(images, self.image_processor, self.model.config)
-            kwargs = dict(images=tensor.to(self.model.device, dtype=self.model.dtype),
-                          image_sizes=[image.size for image in images])
+            kwargs = {"images": tensor.to(self.model.device, dtype=self.model.dtype),
+                      "image_sizes": [image.size for image in images]}
         out = self.model.generate(input_ids.to(self.model.device), attention_mask=attention_mask.to(self.model.device),
                                   pad_token_id=self.pad_id, **kwargs, **self._gen_kwargs())
         # With inputs_embeds (always, in LLaVA's generate) the output holds only new tokens.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import csv
 import io
 import json
 import math
@@ -20,7 +19,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .errors import EvalInputError
-from .scorers.common import raise_csv_field_limit
+from .scorers.common import ScorerInputError, read_table
+from .scorers.mmbench import absent, options_of
 
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 MC_INSTRUCTION_CN = "请直接回答选项字母。"
@@ -142,11 +142,6 @@ def read_scienceqa(path, single_pred_prompt=True) -> list[Question]:
     return questions
 
 
-def _is_none(value) -> bool:
-    # model_vqa_mmbench.is_none: pandas reads an empty cell as NaN.
-    return value is None or value.strip() == "" or value.strip().lower() in ("nan", "none")
-
-
 def _mmbench_id(value: str):
     # pandas gives an int for an integer index column; keep that so ids match LLaVA's files.
     return int(value) if value.strip().lstrip("-").isdigit() else value
@@ -157,32 +152,22 @@ def read_mmbench(path, all_rounds=False, single_pred_prompt=True, lang="en") -> 
 
     Prompt as model_vqa_mmbench: hint + "\\n" + question + "\\nA. ..." lines; with
     ``all_rounds`` one question per option rotation (options rotated left by one per round)."""
-    raise_csv_field_limit()
-    with _open(path) as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        header = reader.fieldnames or []
-        for name in ("index", "question", "A", "image"):
-            if name not in header:
-                raise EvalInputError(f"{path}: line 1: missing column '{name}'")
-        try:
-            rows = list(reader)
-        except csv.Error as exc:
-            raise EvalInputError(f"{path}: line {reader.line_num}: {exc}") from None
+    _open(path).close()  # a missing file: the same "question file not found" as the other formats
+    try:
+        rows = read_table(path, ("index", "question", "A", "image"))
+    except ScorerInputError as exc:  # the question readers raise EvalInputError
+        raise EvalInputError(str(exc)) from None
     questions = []
     for lineno, row in enumerate(rows, 2):
         where = f"{path}: line {lineno}"
-        options = []
-        for letter in MMBENCH_LETTERS:
-            if _is_none(row.get(letter)):
-                break
-            options.append(row[letter])
+        options = options_of(row, MMBENCH_LETTERS)
         if not options:
             raise EvalInputError(f"{where}: no options (column 'A' empty)")
-        if _is_none(row.get("image")):
+        if absent(row.get("image")):
             raise EvalInputError(f"{where}: empty 'image' column")
         for round_id in range(len(options) if all_rounds else 1):
             shown = options[round_id:] + options[:round_id]
-            text = row["question"] if _is_none(row.get("hint")) else row["hint"] + "\n" + row["question"]
+            text = row["question"] if absent(row.get("hint")) else row["hint"] + "\n" + row["question"]
             for letter, option in zip(MMBENCH_LETTERS, shown):
                 text += "\n" + letter + ". " + option
             prompt = text  # model_vqa_mmbench's cur_prompt: before the instruction

@@ -30,14 +30,14 @@ def _coverage(metrics, generation):
 def markdown(summary) -> str:
     names = list(summary["benchmarks"])
     lines = [f"# MLLM benchmark results: {summary['model']}", "",
-             f"Checkpoint `{summary['model_path']}`, conversation template `{summary['conv_mode']}`, "
-             "greedy decoding, prompts and scoring as LLaVA-1.5's evaluation scripts."]
+             (f"Checkpoint `{summary['model_path']}`, conversation template `{summary['conv_mode']}`, "
+              "greedy decoding, prompts and scoring as LLaVA-1.5's evaluation scripts.")]
     if summary.get("limit"):
         lines.append(f"**Smoke run: only the first {summary['limit']} questions of each benchmark "
                      "(not comparable with published numbers).**")
     lines += ["", "## Scores", "",
-              "Chance = the expected score of random guessing, where defined "
-              "(POPE/MME: random yes/no; multiple choice: 1/#options per question, averaged).", "",
+              ("Chance = the expected score of random guessing, where defined "
+               "(POPE/MME: random yes/no; multiple choice: 1/#options per question, averaged)."), "",
               "| benchmark | metric | score | chance | scored/questions | note |",
               "|---|---|---:|---:|---|---|"]
     for name, b in summary["benchmarks"].items():

@@ -175,26 +175,30 @@ def _mme_results_dir(answers_file, release_dir, out_dir):
 # --------------------------------------------------------------------------- chance levels
 
 
-def _mmbench_chance(question_file, circular):
-    from .scorers.common import read_table
-    from .scorers.mmbench import options_of
-
-    levels = []
-    for row in read_table(question_file, ("index", "question", "A", "B")):
-        if row.get("answer", "").strip():
-            n = len([o for o in options_of(row)][:4])
-            levels.append((1.0 / n) ** n if circular else 1.0 / n)  # all n rotations right by luck
+def _mean_pct(levels):
     return 100.0 * sum(levels) / len(levels) if levels else None
 
 
-def _scienceqa_chance(base_dir, img_only):
+def _mmbench_chance(question_file):
+    """(circular, single-pass) chance accuracy, from one read of the (large) TSV."""
+    from .scorers.common import read_table
+    from .scorers.mmbench import options_of
+
+    counts = [len(options_of(row, "ABCD")) for row in read_table(question_file, ("index", "question", "A", "B"))
+              if row.get("answer", "").strip()]
+    # circular: all n rotations right by luck
+    return _mean_pct([(1.0 / n) ** n for n in counts]), _mean_pct([1.0 / n for n in counts])
+
+
+def _scienceqa_chance(base_dir):
+    """(IMG, all test problems) chance accuracy, from one read of problems.json."""
     with open(os.path.join(base_dir, "problems.json"), encoding="utf-8") as f:
         problems = json.load(f)
     with open(os.path.join(base_dir, "pid_splits.json"), encoding="utf-8") as f:
         pids = [str(p) for p in json.load(f)["test"]]
-    levels = [1.0 / len(problems[p]["choices"]) for p in pids
-              if problems[p].get("choices") and (problems[p].get("image") or not img_only)]
-    return 100.0 * sum(levels) / len(levels) if levels else None
+    with_choices = [problems[p] for p in pids if problems[p].get("choices")]
+    return (_mean_pct([1.0 / len(p["choices"]) for p in with_choices if p.get("image")]),
+            _mean_pct([1.0 / len(p["choices"]) for p in with_choices]))
 
 
 # --------------------------------------------------------------------------- scoring
@@ -202,9 +206,19 @@ def _scienceqa_chance(base_dir, img_only):
 
 def _score(bench, data_root, question_file, answers_file, work_dir, sqa_base):
     """(headline, rows, metrics) of one benchmark, by the scorers' Python API."""
-    from .scorers import gqa, judged, mmbench, mme, pope, scienceqa, textvqa, vizwiz, vqav2
+    from .scorers import (
+        gqa,
+        judged,
+        mmbench,
+        mme,
+        pope,
+        scienceqa,
+        textvqa,
+        vizwiz,
+        vqav2,
+    )
 
-    root = lambda rel: os.path.join(data_root, rel)  # noqa: E731
+    root = lambda rel: os.path.join(data_root, rel)
     if bench.name == "pope":
         m = pope.score(root("pope/coco"), question_file, answers_file)
         return m["f1_mean"], [Row("F1, mean over splits (LLaVA's POPE number)", m["f1_mean"], None,
@@ -232,15 +246,16 @@ def _score(bench, data_root, question_file, answers_file, work_dir, sqa_base):
     if bench.name == "scienceqa":
         base = sqa_base or root("scienceqa")
         m = scienceqa.score(base, answers_file)
+        img_chance, all_chance = _scienceqa_chance(base)
         return m["img_accuracy"], [
-            Row("IMG accuracy (LLaVA's SQA-IMG number)", m["img_accuracy"], _scienceqa_chance(base, True)),
-            Row("accuracy, all test problems", m["accuracy"], _scienceqa_chance(base, False))], m
+            Row("IMG accuracy (LLaVA's SQA-IMG number)", m["img_accuracy"], img_chance),
+            Row("accuracy, all test problems", m["accuracy"], all_chance)], m
     if bench.name == "mmbench":
         m = mmbench.score(question_file, answers_file, os.path.join(work_dir, "mmbench_submission.tsv"))
         label = "accuracy, circular (all rotations)" if m["circular"] else "accuracy, single pass"
-        return m["accuracy"], [Row(label, m["accuracy"], _mmbench_chance(question_file, m["circular"])),
-                               Row("accuracy, round 0 only", m["accuracy_round0"],
-                                   _mmbench_chance(question_file, False))], m
+        circular_chance, single_chance = _mmbench_chance(question_file)
+        return m["accuracy"], [Row(label, m["accuracy"], circular_chance if m["circular"] else single_chance),
+                               Row("accuracy, round 0 only", m["accuracy_round0"], single_chance)], m
     if bench.name in ("vqav2", "vizwiz"):
         module = vqav2 if bench.name == "vqav2" else vizwiz
         sub = os.path.join(work_dir, f"{bench.name}_submission.json")
@@ -302,8 +317,8 @@ def run(args) -> dict:
         if model is None and n_unanswered(questions, answers):  # all answered (merged chunks): no model
             from .models import load_model
 
-            model = load_model(args.model_path, args.model_base, args.conv_mode, bench.max_new_tokens,
-                               args.min_new_tokens, args.device)
+            model = load_model(args.model_path, args.model_base, args.conv_mode,
+                               min_new_tokens=args.min_new_tokens, device=args.device)
         if model is not None:
             # --max-new-tokens overrides every benchmark's own budget (MM-Vet's long answers: 1024)
             model.max_new_tokens = args.max_new_tokens or bench.max_new_tokens

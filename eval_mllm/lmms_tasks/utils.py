@@ -13,10 +13,9 @@ from collections import defaultdict
 
 from eval_mllm.scorers import mme as _mme
 from eval_mllm.scorers import pope as _pope
+from eval_mllm.scorers import scienceqa as _sqa
 from eval_mllm.scorers.gqa import normalize_prediction
-from eval_mllm.scorers.mmbench import picked_index
-from eval_mllm.scorers.scienceqa import OPTIONS as _SQA_LETTERS
-from eval_mllm.scorers.scienceqa import parse_letter
+from eval_mllm.scorers.mmbench import absent, is_round_correct, options_of
 from eval_mllm.scorers.textvqa import build_textvqa_prompt
 from eval_mllm.scorers.vqav2 import vqa_accuracy
 
@@ -29,25 +28,18 @@ def _kw(kwargs, name, default):
     return (kwargs or {}).get(name, default)
 
 
-def _rgb(doc, field="image"):
-    return [doc[field].convert("RGB")]
+def doc_to_visual(doc):
+    """The doc's image (every task but ScienceQA, whose docs may have none)."""
+    return [doc["image"].convert("RGB")]
 
 
-def _absent(value):
-    return value is None or (isinstance(value, float) and value != value) or \
-        (isinstance(value, str) and value.strip().lower() in ("", "nan", "none"))
+def question_doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    """pre_prompt + question + post_prompt, the prompts from the YAML (POPE, MME)."""
+    kw = lmms_eval_specific_kwargs
+    return f"{_kw(kw, 'pre_prompt', '')}{doc['question'].strip()}{_kw(kw, 'post_prompt', '')}"
 
 
 # ----------------------------------------------------------------------------------------- POPE
-
-
-def pope_doc_to_visual(doc):
-    return _rgb(doc)
-
-
-def pope_doc_to_text(doc, lmms_eval_specific_kwargs=None):
-    kw = lmms_eval_specific_kwargs
-    return f"{_kw(kw, 'pre_prompt', '')}{doc['question'].strip()}{_kw(kw, 'post_prompt', SHORT_ANSWER)}"
 
 
 def pope_process_results(doc, results):
@@ -61,7 +53,7 @@ def _pope_splits(results):
     for r in results:
         by_split[r["split"]].append((r["pred"], r["label"]))
     # LLaVA reports per split; the POPE number is their mean (as eval_mllm.scorers.pope).
-    return [_pope._split_metrics(pairs) for pairs in by_split.values()]
+    return [_pope.split_metrics(pairs) for pairs in by_split.values()]
 
 
 def _mean(values):
@@ -82,16 +74,6 @@ def pope_aggregate_yes_ratio(results):
 
 
 # ------------------------------------------------------------------------------------------ MME
-
-
-def mme_doc_to_visual(doc):
-    return _rgb(doc)
-
-
-def mme_doc_to_text(doc, lmms_eval_specific_kwargs=None):
-    # LLaVA's llava_mme.jsonl keeps MME's own "Please answer yes or no." and adds nothing.
-    kw = lmms_eval_specific_kwargs
-    return f"{_kw(kw, 'pre_prompt', '')}{doc['question'].strip()}{_kw(kw, 'post_prompt', '')}"
 
 
 def mme_process_results(doc, results):
@@ -121,10 +103,6 @@ def mme_aggregate_cognition(results):
 # -------------------------------------------------------------------------------------- TextVQA
 
 
-def textvqa_doc_to_visual(doc):
-    return _rgb(doc)
-
-
 def textvqa_doc_to_text(doc, lmms_eval_specific_kwargs=None):
     # LLaVA-1.5's TextVQA protocol gives the reference OCR tokens (58.2 for 1.5-7B; ~46 without).
     ocr = doc.get("ocr_tokens") if _kw(lmms_eval_specific_kwargs, "ocr", True) else None
@@ -136,10 +114,6 @@ def textvqa_process_results(doc, results):
 
 
 # ------------------------------------------------------------------------------------------ GQA
-
-
-def gqa_doc_to_visual(doc):
-    return _rgb(doc)  # local docs carry the image (instructions joined with images by imageId)
 
 
 def gqa_doc_to_text(doc, lmms_eval_specific_kwargs=None):
@@ -155,7 +129,7 @@ def gqa_process_results(doc, results):
 
 
 def sqa_doc_to_visual(doc):
-    return _rgb(doc) if doc.get("image") is not None else []
+    return doc_to_visual(doc) if doc.get("image") is not None else []
 
 
 def sqa_doc_to_text(doc, lmms_eval_specific_kwargs=None):
@@ -167,8 +141,8 @@ def sqa_doc_to_text(doc, lmms_eval_specific_kwargs=None):
 
 
 def sqa_process_results(doc, results):
-    letter = parse_letter(results[0].strip())
-    ok = letter is not None and _SQA_LETTERS.index(letter) == int(doc["answer"])
+    # Stripped as LLaVA's model_vqa_science writes its outputs.
+    ok = _sqa.is_correct(results[0].strip(), {"choices": doc["choices"], "answer": int(doc["answer"])})
     return {"sqa_img_accuracy": 100.0 * ok}
 
 
@@ -176,27 +150,18 @@ def sqa_process_results(doc, results):
 
 
 def _mmbench_options(doc):
-    options = []
-    for letter in "ABCD":  # LLaVA's model_vqa_mmbench asks A-D only
-        if _absent(doc.get(letter)):
-            break
-        options.append(doc[letter])
-    return options
-
-
-def mmbench_doc_to_visual(doc):
-    return _rgb(doc)
+    return options_of(doc, "ABCD")  # LLaVA's model_vqa_mmbench asks A-D only
 
 
 def mmbench_doc_to_text(doc, lmms_eval_specific_kwargs=None):
-    text = doc["question"] if _absent(doc.get("hint")) else f"{doc['hint']}\n{doc['question']}"
+    text = doc["question"] if absent(doc.get("hint")) else f"{doc['hint']}\n{doc['question']}"
     for letter, option in zip(LETTERS, _mmbench_options(doc)):
         text += f"\n{letter}. {option}"
     return text + _kw(lmms_eval_specific_kwargs, "post_prompt", LETTER_ANSWER)
 
 
 def mmbench_process_results(doc, results):
-    options = _mmbench_options(doc)
-    picked = picked_index(results[0], options)
-    gt = LETTERS.index(str(doc["answer"]).strip()) if not _absent(doc.get("answer")) else None
-    return {"mmbench_accuracy": 100.0 * (picked is not None and picked == gt)}
+    gt = LETTERS.index(str(doc["answer"]).strip()) if not absent(doc.get("answer")) else None
+    # Single pass: round 0, the options as the TSV lists them.
+    ok = is_round_correct(results[0], _mmbench_options(doc), 0, gt)
+    return {"mmbench_accuracy": 100.0 * ok}

@@ -31,6 +31,7 @@ takes it after saving it as .xlsx (e.g. opening it in a spreadsheet program).
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections import defaultdict
 
@@ -48,16 +49,18 @@ BENCHMARK = "mmbench"
 LETTERS = "ABCDE"
 
 
-def _absent(value) -> bool:
-    # pandas (LLaVA) reads an empty cell as NaN and skips "nan"/"none" options.
-    return value is None or value.strip() == "" or value.strip().lower() in ("nan", "none")
+def absent(value) -> bool:
+    """An empty cell: pandas (LLaVA, lmms-eval docs) reads one as NaN, and LLaVA skips "nan"/"none"."""
+    if isinstance(value, float):
+        return math.isnan(value)
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "nan", "none"))
 
 
-def options_of(row):
-    """The option texts of a TSV row, A first, up to the first absent one."""
+def options_of(row, letters=LETTERS):
+    """The option texts of a row (TSV row or dataset doc), A first, up to the first absent one."""
     options = []
-    for letter in LETTERS:
-        if _absent(row.get(letter)):
+    for letter in letters:
+        if absent(row.get(letter)):
             break
         options.append(row[letter])
     return options
@@ -113,7 +116,7 @@ def score(question_file, result_file, submission_out=None):
         options = options_of(row)
         if not options:
             raise ScorerInputError(f"{question_file}: line {lineno}: no options (column 'A' empty)")
-        gt = None if _absent(row.get("answer")) else row["answer"].strip()
+        gt = None if absent(row.get("answer")) else row["answer"].strip()
         if gt is not None and gt not in LETTERS[:len(options)]:
             raise ScorerInputError(f"{question_file}: line {lineno}: answer {gt!r} is not "
                                    "one of the question's option letters")

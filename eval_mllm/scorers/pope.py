@@ -67,7 +67,7 @@ def load_labels(annotation_dir):
     return labels
 
 
-def _split_metrics(pairs):
+def split_metrics(pairs):
     """Metrics of one split from (prediction, label) pairs."""
     tp = sum(pred == "yes" and label == "yes" for pred, label in pairs)
     fp = sum(pred == "yes" and label == "no" for pred, label in pairs)
@@ -118,7 +118,7 @@ def score(annotation_dir, question_file, result_file):
     pairs = {split: [] for split in sorted(set(split_of.values()))}
     for key, record in answers.by_key.items():
         pairs[split_of[key]].append((parse_yes_no(record["text"]), label_of[key]))
-    splits = {split: _split_metrics(p) for split, p in pairs.items()}
+    splits = {split: split_metrics(p) for split, p in pairs.items()}
     scored = [m for m in splits.values() if m["n_scored"]]
     return {"benchmark": BENCHMARK,
             "f1_mean": mean([m["f1"] for m in scored]),

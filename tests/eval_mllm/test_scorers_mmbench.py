@@ -121,3 +121,10 @@ def test_cli(qfile, tmp_path, h, cli_json):
     m = cli_json("mmbench", "--question-file", qfile, "--result-file",
                  write_answers(tmp_path / "a.jsonl", h, CIRCULAR))
     assert m["accuracy"] == pytest.approx(200 / 3)
+
+
+def test_options_of_stops_at_the_first_absent_option():
+    # lmms-eval docs come from pandas/datasets: an empty cell can be a float NaN or None
+    assert mmbench.options_of({"A": "x", "B": float("nan"), "C": "y"}) == ["x"]
+    assert mmbench.options_of({"A": "x", "B": " none ", "C": "y"}) == ["x"]
+    assert mmbench.options_of({"A": "a", "B": "b", "C": "c", "D": "d", "E": "e"}, "ABCD") == ["a", "b", "c", "d"]

@@ -112,8 +112,7 @@ def tiny_hf_llava_clip(tiny_world, tmp_path_factory):
 
 def write_jsonl(path, records):
     with open(path, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in records)
     return str(path)
 
 

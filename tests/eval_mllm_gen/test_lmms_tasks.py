@@ -71,7 +71,8 @@ def test_scienceqa_prompt_and_letter(utils):
                                           "(C) ant\nAnswer with the option's letter from the given choices directly.")
     assert utils.sqa_process_results(doc, ["B"])["sqa_img_accuracy"] == 100.0
     assert utils.sqa_process_results(doc, ["A"])["sqa_img_accuracy"] == 0.0
-    assert utils.sqa_process_results(doc, ["D"])["sqa_img_accuracy"] == 0.0  # beyond the choices
+    # A letter beyond the choices is wrong, even where the (corrupt) answer index points there.
+    assert utils.sqa_process_results(dict(doc, answer=3), ["D"])["sqa_img_accuracy"] == 0.0
 
 
 def test_mmbench_prompt_matches_generate(utils, tmp_path):

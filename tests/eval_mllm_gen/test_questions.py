@@ -8,7 +8,13 @@ import json
 import pytest
 
 from eval_mllm.errors import EvalInputError
-from eval_mllm.questions import MC_INSTRUCTION, get_chunk, load_image, read_questions, split_list
+from eval_mllm.questions import (
+    MC_INSTRUCTION,
+    get_chunk,
+    load_image,
+    read_questions,
+    split_list,
+)
 
 from .conftest import image_b64, make_image, write_jsonl
 
@@ -114,7 +120,7 @@ def test_missing_and_corrupt_image_files(tmp_path):
 def test_split_list_matches_llava():
     items = list(range(10))
     assert split_list(items, 3) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    assert sum((get_chunk(items, 4, k) for k in range(4)), []) == items
+    assert [x for k in range(4) for x in get_chunk(items, 4, k)] == items
     assert get_chunk(list(range(2)), 3, 2) == []  # ceil(2/3)=1 -> only 2 chunks
     with pytest.raises(EvalInputError):
         get_chunk(items, 2, 2)

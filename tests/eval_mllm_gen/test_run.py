@@ -10,10 +10,21 @@ import sys
 import pytest
 
 from eval_mllm.__main__ import main
+from eval_mllm.scorers import pope
 from eval_mllm.scorers.pope import parse_yes_no
 
 from .conftest import COLOURS, image_b64, make_image, write_jsonl
 from .test_questions import write_mmbench
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def write(path, text):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def make_data_root(root):
@@ -53,19 +64,19 @@ def test_run_pope_and_mmbench(tiny_llava, tmp_path, capsys):
             "--all-rounds", "--max-new-tokens", "3", "--min-new-tokens", "1", "--device", "cpu",
             "--batch-size", "3", "--no-progress"]
     assert main(argv) == 0
-    results = json.load(open(os.path.join(out, "results.json")))
+    results = json.loads(read(os.path.join(out, "results.json")))
     pope, mmb = results["benchmarks"]["pope"], results["benchmarks"]["mmbench"]
     assert pope["generation"]["n_generated"] == 6 and mmb["generation"]["n_generated"] == 2 + 4 + 3
 
     # POPE accuracy recomputed here from the answer file and the labels
-    answers = [json.loads(line) for line in open(os.path.join(out, "answers", "pope.jsonl"))]
+    answers = [json.loads(line) for line in read(os.path.join(out, "answers", "pope.jsonl")).splitlines()]
     labels = {1: "yes", 2: "no"}
     per_split = {}
     for a in answers:
         split = ("adversarial", "popular", "random")[(a["question_id"] - 1) // 2]
         per_split.setdefault(split, []).append(parse_yes_no(a["text"]) == labels[(a["question_id"] - 1) % 2 + 1])
     expected_acc = sum(100.0 * sum(v) / len(v) for v in per_split.values()) / 3
-    acc_row = [r for r in pope["rows"] if r["metric"].startswith("accuracy")][0]
+    acc_row = next(r for r in pope["rows"] if r["metric"].startswith("accuracy"))
     assert acc_row["value"] == pytest.approx(expected_acc) and acc_row["chance"] == 50.0
     assert pope["metrics"]["n_scored"] == 6 and pope["metrics"]["n_missing"] == 0
 
@@ -75,28 +86,11 @@ def test_run_pope_and_mmbench(tiny_llava, tmp_path, capsys):
     assert circ["chance"] == pytest.approx(100 * ((1 / 2) ** 2 + (1 / 4) ** 4 + (1 / 3) ** 3) / 3)
     assert mmb["rows"][1]["chance"] == pytest.approx(100 * (1 / 2 + 1 / 4 + 1 / 3) / 3)
 
-    md = open(os.path.join(out, "results.md")).read()
+    md = read(os.path.join(out, "results.md"))
     for needle in ("LLaVA-1.5-7B", "LLaVA-1.5-13B", "Paper: Vicuna-7B + CLIP-MoE", "Paper: Vicuna-13B + CLIP-MoE",
                    "| 85.9 |", "| 86.4 |", "| 69.3 |", "MODEL_ZOO.md", "Table 3", "chance"):
         assert needle in md, needle
     assert "| pope | accuracy, mean over splits |" in md and "| 50.00 |" in md
-
-    # LLaVA's own scorer (llava/eval/eval_pope.py from the llava-torch wheel) reads our answer file
-    # and gets the same per-split accuracy (it divides by zero when a split has no "yes" answer)
-    if all(any(parse_yes_no(a["text"]) == "yes" for a in answers[k:k + 2]) for k in (0, 2, 4)):
-        proc = subprocess.run([sys.executable, "-m", "llava.eval.eval_pope", "--annotation-dir",
-                               os.path.join(data, "pope", "coco"), "--question-file",
-                               os.path.join(data, "pope", "llava_pope_test.jsonl"), "--result-file",
-                               os.path.join(out, "answers", "pope.jsonl")], capture_output=True, text=True,
-                              timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        llava_acc, split = {}, None
-        for line in proc.stdout.splitlines():
-            if line.startswith("Category:"):
-                split = line.split()[1].rstrip(",")
-            elif line.startswith("Accuracy:"):
-                llava_acc[split] = 100 * float(line.split()[1])
-        assert llava_acc == pytest.approx({s: m["accuracy"] for s, m in pope["metrics"]["splits"].items()})
 
     # `score` delegates to the scorers' CLI: same POPE F1 from the same answer file
     capsys.readouterr()
@@ -113,10 +107,37 @@ def test_run_pope_and_mmbench(tiny_llava, tmp_path, capsys):
     (unloadable / "config.json").write_text('{"model_type": "llava_llama"}')
     rerun = [str(unloadable) if a == tiny_llava else a for a in argv]
     assert main(rerun) == 0
-    again = json.load(open(os.path.join(out, "results.json")))
+    again = json.loads(read(os.path.join(out, "results.json")))
     assert again["benchmarks"]["pope"]["generation"]["n_resumed"] == 6
     assert again["benchmarks"]["pope"]["generation"]["n_generated"] == 0
     assert again["benchmarks"]["mmbench"]["headline"] == mmb["headline"]
+
+
+def test_pope_scorer_matches_llava_eval_pope(tmp_path):
+    """LLaVA's own scorer (llava/eval/eval_pope.py from the llava-torch wheel) and ours read the same
+    hand-written answer file and agree per split. Each split has a true "yes" answer: eval_pope
+    divides by zero without one."""
+    data = make_data_root(str(tmp_path / "data"))
+    annotations = os.path.join(data, "pope", "coco")
+    qfile = os.path.join(data, "pope", "llava_pope_test.jsonl")
+    # question ids 1-6: (adversarial, popular, random) x (label yes, label no)
+    texts = ["Yes, there is a dog.", "Yes.", "Yes", "No, there is not.", "yes, a dog", "There is no car."]
+    answers = write_jsonl(tmp_path / "answers.jsonl",
+                          [{"question_id": i + 1, "text": t} for i, t in enumerate(texts)])
+    proc = subprocess.run([sys.executable, "-m", "llava.eval.eval_pope", "--annotation-dir", annotations,
+                           "--question-file", qfile, "--result-file", answers],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    llava, split = {}, None
+    for line in proc.stdout.splitlines():
+        if line.startswith("Category:"):
+            split = line.split()[1].rstrip(",")
+        elif line.startswith(("Accuracy:", "F1 score:")):
+            llava[split, line.split(":")[0]] = 100 * float(line.split()[-1])
+    ours = pope.score(annotations, qfile, answers)["splits"]
+    expected = {(s, name): ours[s][key] for s in ours for name, key in (("Accuracy", "accuracy"), ("F1 score", "f1"))}
+    assert len(expected) == 6 and llava == pytest.approx(expected)
+    assert ours["adversarial"]["accuracy"] == 50.0  # the "Yes." to a "no" question is wrong
 
 
 def test_run_missing_data_is_one_error(tiny_llava, tmp_path, capsys):
@@ -164,14 +185,14 @@ def make_mme_and_sqa(root):
                        "split": "test"},
                 "12": {"question": "Colour?", "choices": ["r", "g", "b", "k"], "answer": 1, "image": "image.png",
                        "split": "test"}}
-    json.dump(problems, open(os.path.join(sqa, "problems.json"), "w"))
-    json.dump({"test": ["10", "11", "12"]}, open(os.path.join(sqa, "pid_splits.json"), "w"))
+    write(os.path.join(sqa, "problems.json"), json.dumps(problems))
+    write(os.path.join(sqa, "pid_splits.json"), json.dumps({"test": ["10", "11", "12"]}))
     convs = [{"id": pid, **({"image": f"{pid}/image.png"} if p["image"] else {}),
               "conversations": [{"from": "human", "value": p["question"] + "\nOptions: "
                                  + " ".join(f"({'ABCD'[i]}) {c}" for i, c in enumerate(p["choices"]))
                                  + ("\n<image>" if p["image"] else "")}]}
              for pid, p in problems.items()]
-    json.dump(convs, open(os.path.join(sqa, "llava_test_CQM-A.json"), "w"))
+    write(os.path.join(sqa, "llava_test_CQM-A.json"), json.dumps(convs))
     return root
 
 
@@ -183,23 +204,23 @@ def test_run_mme_and_scienceqa(tiny_llava, tmp_path):
             "--max-new-tokens", "2", "--device", "cpu", "--batch-size", "4", "--no-progress"]
     assert main(argv) == 0
     assert main(argv) == 0  # rerun: all reused, even with question ids shared by two questions
-    results = json.load(open(os.path.join(out, "results.json")))["benchmarks"]
+    results = json.loads(read(os.path.join(out, "results.json")))["benchmarks"]
     assert results["mme"]["generation"]["n_resumed"] == 8 and results["mme"]["generation"]["n_generated"] == 0
     mme = results["mme"]
     assert mme["metrics"]["n_scored"] == 8 and set(mme["metrics"]["subtasks"]) == {"existence", "count"}
     assert mme["rows"][0]["chance"] == 150.0 and mme["rows"][1]["chance"] == 0.0  # 2 perception, 0 cognition
     # two questions per image share their question_id (the image path), as in LLaVA's file:
     # both were answered, and the ground truth came from the release files
-    answers = [json.loads(line) for line in open(os.path.join(out, "answers", "mme.jsonl"))]
+    answers = [json.loads(line) for line in read(os.path.join(out, "answers", "mme.jsonl")).splitlines()]
     assert len(answers) == 8 and len({a["question_id"] for a in answers}) == 4
-    lines = open(os.path.join(out, "work", "mme", "mme_results", "count.txt")).read().splitlines()
+    lines = read(os.path.join(out, "work", "mme", "mme_results", "count.txt")).splitlines()
     assert [line.split("\t")[2] for line in lines] == ["Yes", "No", "Yes", "No"]
     assert lines[0].startswith("0000.png\tIs there a count thing 0? Please answer yes or no.\tYes\t")
     sqa = results["scienceqa"]
     assert sqa["metrics"]["n_img"] == 2 and sqa["generation"]["n_resumed"] == 3
     assert sqa["rows"][0]["chance"] == pytest.approx(100 * (1 / 2 + 1 / 4) / 2)
     assert sqa["rows"][1]["chance"] == pytest.approx(100 * (1 / 2 + 1 / 3 + 1 / 4) / 3)
-    md = open(os.path.join(out, "results.md")).read()
+    md = read(os.path.join(out, "results.md"))
     assert "| MME-P | SQA-IMG |" in md and "| 1510.7 | 66.8 |" in md
 
 
@@ -221,14 +242,14 @@ def test_run_submission_benchmarks_with_limit(tiny_llava, tmp_path):
     assert main(["run", "--model", tiny_llava, "--benchmarks", "vqav2,vizwiz,mm-vet", "--data-root", str(data),
                  "--out", out, "--limit", "2", "--max-new-tokens", "2", "--min-new-tokens", "1", "--device", "cpu",
                  "--no-progress"]) == 0
-    results = json.load(open(os.path.join(out, "results.json")))["benchmarks"]
+    results = json.loads(read(os.path.join(out, "results.json")))["benchmarks"]
     for name in ("vqav2", "vizwiz", "mmvet"):
         assert results[name]["headline"] is None and results[name]["generation"]["n_generated"] == 2
-    vqav2 = json.load(open(os.path.join(out, "work", "vqav2", "vqav2_submission.json")))
+    vqav2 = json.loads(read(os.path.join(out, "work", "vqav2", "vqav2_submission.json")))
     assert [r["question_id"] for r in vqav2] == [262144000, 262144001]
-    mmvet = json.load(open(os.path.join(out, "work", "mmvet", "mmvet_submission.json")))
+    mmvet = json.loads(read(os.path.join(out, "work", "mmvet", "mmvet_submission.json")))
     assert sorted(mmvet) == ["v1_0", "v1_1"]
-    md = open(os.path.join(out, "results.md")).read()
+    md = read(os.path.join(out, "results.md"))
     assert "Smoke run: only the first 2 questions" in md and "needs the MM-Vet GPT-4 grader" in md
 
 
