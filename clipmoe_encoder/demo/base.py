@@ -4,7 +4,7 @@ initialisation and the files (tokenizer, image processor) a checkpoint directory
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
@@ -32,8 +32,8 @@ FULL = BaseSize(image_size=48, patch_size=8, hidden_size=128, num_layers=3, num_
 
 
 def clip_config(size: BaseSize, tokenizer) -> CLIPConfig:
-    tower = dict(hidden_size=size.hidden_size, intermediate_size=4 * size.hidden_size, num_hidden_layers=size.num_layers,
-                 num_attention_heads=size.num_heads, hidden_act="quick_gelu", projection_dim=size.projection_dim)
+    tower = {"hidden_size": size.hidden_size, "intermediate_size": 4 * size.hidden_size, "num_hidden_layers": size.num_layers,
+             "num_attention_heads": size.num_heads, "hidden_act": "quick_gelu", "projection_dim": size.projection_dim}
     text = dict(tower, vocab_size=len(tokenizer), max_position_embeddings=size.max_positions, **special_ids(tokenizer))
     vision = dict(tower, image_size=size.image_size, patch_size=size.patch_size)
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=size.projection_dim)
@@ -56,7 +56,3 @@ def write_base_init(out_dir: str, size: BaseSize, words: list[str], seed: int = 
     tokenizer.save_pretrained(out_dir)
     image_processor(size.image_size).save_pretrained(out_dir)
     return out_dir
-
-
-def describe(size: BaseSize) -> dict:
-    return asdict(size)

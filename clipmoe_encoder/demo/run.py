@@ -53,18 +53,18 @@ def make_plan(quick: bool) -> DemoPlan:
             mode="quick",
             world=W.WorldSettings(image_size=QUICK.image_size, n_train=512, n_test=100),
             base=QUICK,
-            base_train=dict(epochs=8, batch_size=32, lr=1e-3, warmup_steps=10, logit_scale=None),
-            dmu=dict(num_experts=4, top_k=2, clusters_per_modality=2, mcl_epochs=1, router_epochs=1, batch_size=32,
-                     lr_mcl=2e-4, warmup_steps=2, logit_scale=None),  # None: the base's, frozen (see run_demo)
+            base_train={"epochs": 8, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10, "logit_scale": None},
+            dmu={"num_experts": 4, "top_k": 2, "clusters_per_modality": 2, "mcl_epochs": 1, "router_epochs": 1, "batch_size": 32,
+                 "lr_mcl": 2e-4, "warmup_steps": 2, "logit_scale": None},  # None: the base's, frozen (see run_demo)
             routing_samples=100,
         )
     return DemoPlan(
         mode="full",
         world=W.WorldSettings(image_size=FULL.image_size, n_train=3500, n_test=500),
         base=FULL,
-        base_train=dict(epochs=8, batch_size=64, lr=1e-3, warmup_steps=50, logit_scale=None, num_workers=1),
-        dmu=dict(num_experts=4, top_k=2, clusters_per_modality=3, mcl_epochs=1, router_epochs=1, batch_size=64,
-                 lr_mcl=1e-4, warmup_steps=10, logit_scale=None, num_workers=1),
+        base_train={"epochs": 8, "batch_size": 64, "lr": 1e-3, "warmup_steps": 50, "logit_scale": None, "num_workers": 1},
+        dmu={"num_experts": 4, "top_k": 2, "clusters_per_modality": 3, "mcl_epochs": 1, "router_epochs": 1, "batch_size": 64,
+             "lr_mcl": 1e-4, "warmup_steps": 10, "logit_scale": None, "num_workers": 1},
         routing_samples=500,
     )
 
@@ -148,10 +148,27 @@ def evaluation_set(world_dir: str) -> dict:
     return {"images": images, "captions": [[s["caption"]] for s in scenes], "tasks": tasks}
 
 
+class _EncodedOnce:
+    """An encoder with the held-out images encoded up front: every classification task scores a
+    subset of the retrieval images, so each image is encoded once per model instead of up to three
+    times. Texts go to the wrapped encoder."""
+
+    def __init__(self, encoder, images):
+        self.encoder, self.device = encoder, encoder.device
+        self.row = {image: i for i, image in enumerate(images)}
+        self.image_emb = encoder.encode_images(images)  # evaluate_retrieval's batch size, so the same embeddings
+
+    def encode_images(self, images, **_):
+        return self.image_emb[[self.row[image] for image in images]]
+
+    def encode_texts(self, texts, **kwargs):
+        return self.encoder.encode_texts(texts, **kwargs)
+
+
 def evaluate_model(model_dir: str, eval_set: dict) -> dict:
     from ..zeroshot import evaluate_classification, evaluate_retrieval, load_encoder
 
-    encoder = load_encoder(model_dir)
+    encoder = _EncodedOnce(load_encoder(model_dir), eval_set["images"])
     metrics = dict(evaluate_retrieval(encoder, eval_set["images"], eval_set["captions"]))
     for task, spec in eval_set["tasks"].items():
         res = evaluate_classification(encoder, spec["images"], spec["labels"], spec["classnames"], spec["templates"])

@@ -44,7 +44,7 @@ def _set_rng_state(state):
         torch.cuda.set_rng_state_all(cuda)
 
 
-def save_checkpoint(accelerator, directory, step, model, optimizer, scheduler, trainable_names, meta, keep: int = 1):
+def save_checkpoint(accelerator, directory, step, model, optimizer, scheduler, trainable_names, meta):
     """Every rank calls this (collective). Rank 0 writes the shared state, each rank its RNG."""
     final = os.path.join(directory, f"ckpt-{step:08d}")
     tmp = final + ".tmp"
@@ -67,7 +67,7 @@ def save_checkpoint(accelerator, directory, step, model, optimizer, scheduler, t
         os.replace(tmp, final)
         for name in os.listdir(directory):  # older checkpoints are no longer needed
             m = _CKPT.match(name)
-            if m and int(m[1]) < step and keep <= 1:  # keep=1: only the newest
+            if m and int(m[1]) < step:  # only the newest is kept
                 shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
     accelerator.wait_for_everyone()
     return final

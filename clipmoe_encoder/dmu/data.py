@@ -94,7 +94,7 @@ def _detect_format(path: str) -> str:
         return "sharegpt4v"  # conversations or {"image","caption"} entries; both handled there
     if head.startswith(b"{"):
         return "jsonl"
-    raise CLIPMoEError(f"{path}: cannot tell the data format (expected a JSON list, JSONL or a folder); pass --format")
+    raise CLIPMoEError(f"{path}: cannot tell the data format (expected a JSON list, JSONL or a folder); pass --data-format")
 
 
 def _conversation_pairs(path, fmt):

@@ -15,10 +15,6 @@ from tqdm.auto import tqdm
 from .distributed import gather_rows
 
 
-def _collate(items):
-    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
-
-
 @torch.no_grad()
 def compute_features(accelerator, model, dataset, batch_size: int = 256, num_workers: int = 0, desc="features"):
     """{'image': (N, D), 'text': (N, D), 'valid': (N,)} on CPU, identical on every rank."""
@@ -29,7 +25,7 @@ def compute_features(accelerator, model, dataset, batch_size: int = 256, num_wor
     per_rank = -(-n // world)
     mine += [mine[-1] if mine else 0] * (per_rank - len(mine))  # equal counts for the gather
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=batch_size,
-                                         num_workers=num_workers, collate_fn=_collate)
+                                         num_workers=num_workers)
     image, text, valid = [], [], []
     for batch in tqdm(loader, desc=desc, disable=not accelerator.is_main_process, dynamic_ncols=True):
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}

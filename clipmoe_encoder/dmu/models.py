@@ -50,7 +50,7 @@ def is_moe(model) -> bool:
     return isinstance(model, CLIPMoEModel)
 
 
-def text_length(model, tokenizer) -> int:
+def text_length(model) -> int:
     """Captions are padded/truncated to the text tower's position table."""
     return int(model.config.text_config.max_position_embeddings)
 

@@ -142,7 +142,7 @@ def _prepare(base_dir, data_path, out_dir, settings, image_root, extra):
     # only once the inputs are known to be good, so a typo does not pin the run folder to a bad path
     _check_settings(accelerator, out_dir, settings, dict(extra, base=os.path.abspath(base_dir), data=os.path.abspath(data_path)))
     set_frozen_logit_scale(base, settings.logit_scale)
-    dataset = ImageTextDataset(records, processor, tokenizer, text_length(base, tokenizer), settings.skip_bad)
+    dataset = ImageTextDataset(records, processor, tokenizer, text_length(base), settings.skip_bad)
     return accelerator, out_dir, base, tokenizer, processor, dataset, data_report
 
 
@@ -249,10 +249,7 @@ def run_dmu(base_dir, data_path, out_dir, settings: DMUSettings | None = None, i
         source = base if s == 0 else os.path.join(out_dir, f"mcl{s}", "model")
         stage_dir = os.path.join(out_dir, f"mcl{s + 1}")
         done = read_done(stage_dir)
-        if done is None or not os.path.isfile(os.path.join(out_dir, "clusters", f"labels_stage{s}.safetensors")):
-            labels = _stage_labels(accelerator, out_dir, s, source, dataset, labels, settings, timings)
-        else:
-            labels = load_tensors(os.path.join(out_dir, "clusters", f"labels_stage{s}.safetensors"))["labels"].numpy()
+        labels = _stage_labels(accelerator, out_dir, s, source, dataset, labels, settings, timings)  # reads the cached labels when present
         clusters[f"stage{s}"] = _cluster_stats(labels)
         if done is None:
             start = base_dir if settings.restart_from_base or s == 0 else os.path.join(out_dir, f"mcl{s}", "model")
@@ -346,6 +343,6 @@ def routing_statistics(model_dir, data_path, image_root=None, max_samples: int =
     if _dataset is None:
         tokenizer, processor = load_preprocessors(model_dir)
         records, _ = load_records(data_path, image_root, skip_bad=True)
-        _dataset = ImageTextDataset(records[:max_samples], processor, tokenizer, text_length(model, tokenizer), skip_bad=True)
+        _dataset = ImageTextDataset(records[:max_samples], processor, tokenizer, text_length(model), skip_bad=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return collect_routing(model, _dataset, max_samples, batch_size, device)

@@ -77,10 +77,6 @@ def _optimizer(named_params, spec: StageSpec):
     return torch.optim.AdamW(param_groups)
 
 
-def _collate(items):
-    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
-
-
 def routing_entropy(router_logits, token_mask=None) -> float:
     """Mean over MoE layers of the mean per-token entropy (nats) of the router distribution."""
     if not router_logits:
@@ -169,7 +165,7 @@ def train_stage(accelerator, model, dataset, spec: StageSpec, stage_dir: str, la
         sampler.skip(position)
         # A private generator: creating a loader iterator draws a seed, and drawing it from the global
         # RNG would shift the dropout stream of a resumed run against an uninterrupted one.
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=spec.num_workers, collate_fn=_collate,
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=spec.num_workers,
                                              pin_memory=accelerator.device.type == "cuda",
                                              generator=torch.Generator().manual_seed(spec.seed + epoch))
         for batch in loader:
@@ -197,7 +193,7 @@ def train_stage(accelerator, model, dataset, spec: StageSpec, stage_dir: str, la
             counters["invalid_samples"] += invalid
             losses.append(float(logged))
             if accelerator.is_main_process:
-                row = {"step": step, "epoch": epoch, "loss": float(logged), "lr": scheduler.get_last_lr()[0],
+                row = {"step": step, "epoch": epoch, "loss": losses[-1], "lr": scheduler.get_last_lr()[0],
                        "samples_per_s": spec.global_batch / max(time.time() - t0, 1e-9)}
                 for g in optimizer.param_groups:
                     if g.get("name") == "router":
@@ -312,7 +308,7 @@ def train_contrastive(model_dir_or_model, data_path, out_dir, trainable: str = "
         if tokenizer is None or image_processor is None:
             raise CLIPMoEError("train_contrastive: pass tokenizer= and image_processor= with a model object")
     records, _ = load_records(data_path, image_root, skip_bad=skip_bad)
-    dataset = ImageTextDataset(records, image_processor, tokenizer, text_length(model, tokenizer), skip_bad)
+    dataset = ImageTextDataset(records, image_processor, tokenizer, text_length(model), skip_bad)
     spec = StageSpec(name=stage_name, trainable=trainable, epochs=epochs, global_batch=batch_size, lr=lr,
                      weight_decay=weight_decay, warmup_steps=warmup_steps, label_smoothing=label_smoothing,
                      logit_scale=logit_scale, seed=seed, save_every=save_every, num_workers=num_workers,

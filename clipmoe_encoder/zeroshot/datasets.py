@@ -316,7 +316,7 @@ def _load_cifar_pickle(path):
             obj = _ArraysOnlyUnpickler(f, encoding="bytes").load()
     except pickle.UnpicklingError as err:
         raise CLIPMoEError(f"{path}: refused to unpickle: not a plain CIFAR batch ({err})") from None
-    except Exception as err:  # truncated / not a pickle at all
+    except Exception as err:  # noqa: BLE001  truncated / not a pickle at all
         raise CLIPMoEError(f"{path}: not a readable CIFAR python batch ({type(err).__name__}: {err})") from None
     if not isinstance(obj, dict):
         raise CLIPMoEError(f"{path}: expected a dict, found a {type(obj).__name__}")

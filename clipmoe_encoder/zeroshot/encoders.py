@@ -180,7 +180,7 @@ def _load_directory(path, device, tokenizer, image_processor) -> HFCLIPEncoder:
             )
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
-        except Exception as err:  # transformers raises OSError / ValueError / its own types here
+        except Exception as err:  # noqa: BLE001  transformers raises OSError / ValueError / its own types here
             raise CLIPMoEError(f"{path}: cannot load the tokenizer ({err})") from None
     if image_processor is None:
         config_file = os.path.join(path, "preprocessor_config.json")
@@ -188,7 +188,7 @@ def _load_directory(path, device, tokenizer, image_processor) -> HFCLIPEncoder:
             raise CLIPMoEError(f"{config_file}: missing; save the model's CLIPImageProcessor into the directory with save_pretrained")
         try:
             image_processor = CLIPImageProcessor.from_pretrained(path)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001
             raise CLIPMoEError(f"{config_file}: cannot load the image processor ({err})") from None
     return HFCLIPEncoder(model, tokenizer, image_processor, device, name=path)
 
@@ -224,6 +224,6 @@ def _load_open_clip(rest: str, device) -> OpenCLIPEncoder:
         # weights_only=True (open_clip's default) keeps a pickle from running code on load
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=checkpoint, device="cpu")
         tokenizer = open_clip.get_tokenizer(name)
-    except Exception as err:  # unknown name, unknown tag (no download here), mismatched weights
+    except Exception as err:  # noqa: BLE001  unknown name, unknown tag (no download here), mismatched weights
         raise CLIPMoEError(f"{OPEN_CLIP_PREFIX}{rest}: open_clip cannot load it ({type(err).__name__}: {err})") from None
     return OpenCLIPEncoder(model, preprocess, tokenizer, device, name=f"{OPEN_CLIP_PREFIX}{rest}")

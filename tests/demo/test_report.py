@@ -10,7 +10,13 @@ import pytest
 from clipmoe_encoder.demo import report as R
 from clipmoe_encoder.demo import world as W
 from clipmoe_encoder.demo.base import QUICK, write_base_init
-from clipmoe_encoder.demo.run import Stages, chance_levels, evaluate_model, evaluation_set, make_plan
+from clipmoe_encoder.demo.run import (
+    Stages,
+    chance_levels,
+    evaluate_model,
+    evaluation_set,
+    make_plan,
+)
 from clipmoe_encoder.errors import CLIPMoEError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -67,11 +73,25 @@ def test_routing_matrices_from_real_statistics(tiny_run):
         assert (tower["first"] + tower["second"] <= 1.0 + 1e-9).all()  # an expert is never both choices of a token
 
 
-def test_results_json_holds_the_measured_metrics(tiny_run):
+def test_results_json_holds_the_zeroshot_metrics(tiny_run):
+    from clipmoe_encoder.zeroshot import (
+        evaluate_classification,
+        evaluate_retrieval,
+        load_encoder,
+    )
+
     out, summary, _, _ = tiny_run
     with open(os.path.join(out, "results.json")) as f:
         saved = json.load(f)
-    assert saved["models"] == json.loads(json.dumps(summary["results"]))
+    # evaluate_model encodes each image once; it must give what separate zero-shot evaluations
+    # (each encoding its own images) give
+    eval_set = evaluation_set(os.path.join(out, "world"))
+    encoder = load_encoder(summary["models"]["base"])
+    expected = evaluate_retrieval(encoder, eval_set["images"], eval_set["captions"])
+    for task, spec in eval_set["tasks"].items():
+        res = evaluate_classification(encoder, spec["images"], spec["labels"], spec["classnames"], spec["templates"])
+        expected.update({f"{task}_{k}": v for k, v in res.items()})
+    assert saved["models"]["base"] == expected
     assert saved["chance"]["i2t_r1"] == pytest.approx(100 / 12) and saved["chance"]["shape_top1"] == pytest.approx(100 / 6)
     assert saved["timings_s"] == {"world": 0.5, "base": 2.25}
     assert set(saved["figures"]) == {"loss_curves", "routing_clip-moe"}

@@ -39,7 +39,7 @@ def test_smoothed_ce_equals_torch_and_masking_removes_a_sample():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(5, 5, generator=g) * 3
     targets = torch.arange(5)
-    ours = smoothed_cross_entropy(logits, targets, 0.1).mean()
+    ours = smoothed_cross_entropy(logits, targets, 0.1, torch.ones(5, dtype=torch.bool)).mean()
     assert ours.item() == pytest.approx(F.cross_entropy(logits, targets, label_smoothing=0.1).item(), rel=1e-6)
     # masking sample 4 out of a batch of 5 = the loss of the batch of the first 4
     image = F.normalize(torch.randn(5, 8, generator=g), dim=-1)

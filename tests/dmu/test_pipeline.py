@@ -136,15 +136,35 @@ def test_table_reuses_the_runs_and_scores_every_model(run, capsys):
     table = _json(os.path.join(table_dir, "table.json"))
     assert list(table["retrieval"]) == ["base (dense)", "direct fine-tune", "sparse upcycling", "CLIP-MoE (DMU)"]
     for scores in table["retrieval"].values():
-        assert 0 <= scores["i2t_R@1"] <= scores["i2t_R@5"] <= scores["i2t_R@10"] == 100.0  # 6 candidates: R@10 = 100
+        assert 0 <= scores["i2t_r1"] <= scores["i2t_r5"] <= scores["i2t_r10"] == 100.0  # 6 candidates: R@10 = 100
     assert "| CLIP-MoE (DMU) |" in capsys.readouterr().out
 
 
-def test_recall_at_k_by_hand():
-    from clipmoe_encoder.dmu.evaluate import recall_at_k
+def test_table_scores_ties_as_losses_through_zeroshot(tmp_path, monkeypatch):
+    """A collapsed model (every embedding equal) must not top the table: the zero-shot ranking
+    gives a tie to the lower index, so only pair 0 is found at rank 1 (R@1 = 1/6)."""
+    from clipmoe_encoder.dmu import table as table_mod
+    from clipmoe_encoder.dmu.models import load_preprocessors, save_model_dir
 
-    image = torch.eye(3)
-    text = torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0, 0.9, 0.1]])  # text 1 matches image 2 better than image 1
-    r = recall_at_k(image, text, ks=(1, 2))
-    assert r["i2t_R@1"] == pytest.approx(100 / 3) and r["i2t_R@2"] == pytest.approx(100.0)
-    assert r["t2i_R@1"] == pytest.approx(100 / 3) and r["t2i_R@2"] == pytest.approx(100.0)
+    base = make_base(str(tmp_path / "base"))
+    model = load_model(base)
+    with torch.no_grad():
+        model.visual_projection.weight.zero_()
+        model.text_projection.weight.zero_()
+    collapsed = save_model_dir(model, *load_preprocessors(base), str(tmp_path / "collapsed"))
+    held_out = make_dataset(str(tmp_path / "heldout"), n=6, seed=100)
+    monkeypatch.setattr(table_mod, "run_baseline", lambda *a, **k: base)
+    monkeypatch.setattr(table_mod, "run_dmu", lambda *a, **k: collapsed)
+    reads, load_records = [], table_mod.load_records
+    monkeypatch.setattr(table_mod, "load_records", lambda *a, **k: reads.append(a) or load_records(*a, **k))
+    out = str(tmp_path / "table")
+    os.makedirs(out)
+    result = table_mod.comparison_table(base, None, out, None, held_out)
+    assert len(reads) == 1  # the held-out pairs are read once for all four models
+    dmu = result["rows"]["CLIP-MoE (DMU)"]
+    assert dmu["i2t_r1"] == pytest.approx(100 / 6) and dmu["t2i_r1"] == pytest.approx(100 / 6)
+    assert dmu["i2t_r5"] == pytest.approx(500 / 6) and dmu["i2t_r10"] == 100.0
+    assert result["rows"]["base (dense)"] == result["rows"]["direct fine-tune"]  # same model, same scores
+    assert "| model | i2t_r1 | i2t_r5 | i2t_r10 | t2i_r1 | t2i_r5 | t2i_r10 |" in result["markdown"]
+    assert "| CLIP-MoE (DMU) | 16.7 | 83.3 | 100.0 | 16.7 | 83.3 | 100.0 |" in result["markdown"]
+    assert _json(os.path.join(out, "table.json"))["retrieval"] == result["rows"]

@@ -1,10 +1,13 @@
 """The router stage with the default router lr moves the routers and balances the load; the
 official lr (1e-6) leaves them where they started."""
 
+import os
+
 import pytest
 import torch
 
 from clipmoe_encoder import assemble_experts
+from clipmoe_encoder.dmu.checkpointing import latest_checkpoint
 from clipmoe_encoder.dmu.data import ImageTextDataset, load_records
 from clipmoe_encoder.dmu.distributed import make_accelerator
 from clipmoe_encoder.dmu.losses import moe_aux_loss
@@ -79,6 +82,9 @@ def _train(setup, lr_router, name):
                      aux_loss=True, lb_coef=0.01, save_every=1000, seed=0)
     torch.manual_seed(0)
     summary = train_stage(make_accelerator("no"), model, dataset, spec, str(root / name))
+    # the routers trained at lr_router, not at the main lr (initial_lr: before warmup/cosine scaling)
+    optimizer = torch.load(os.path.join(latest_checkpoint(str(root / name / "checkpoints")), "optimizer.pt"), weights_only=True)
+    assert [(g["name"], g["initial_lr"]) for g in optimizer["param_groups"]] == [("router", lr_router)]
     model = summary["model"]
     after = _routers(model)
     change = max((after[n] - before_routers[n]).norm().item() / before_routers[n].norm().item() for n in after)

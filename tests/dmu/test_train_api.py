@@ -78,20 +78,36 @@ def test_trainable_selection_last_k_blocks_and_vision_only(tmp_path):
         select_trainable(base, "router")
 
 
-def test_gradient_checkpointing_gives_the_same_training(tmp_path):
+def test_gradient_checkpointing_gives_the_same_training(tmp_path, monkeypatch):
+    import torch.utils.checkpoint
+    import transformers.modeling_utils
+
     from clipmoe_encoder.dmu.data import ImageTextDataset, load_records
     from clipmoe_encoder.dmu.distributed import make_accelerator
     from clipmoe_encoder.dmu.trainer import StageSpec, train_stage
 
+    # Count checkpointed calls, so the test fails if checkpointing never turns on. transformers
+    # binds torch's `checkpoint` at import, so its name is patched as well as torch's.
+    calls, real = [], torch.utils.checkpoint.checkpoint
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", spy)
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", spy, raising=False)
     base = make_base(str(tmp_path / "base"))
     data = write_sharegpt(str(tmp_path / "data"), make_pairs(str(tmp_path / "data"), 8))
     tok, proc = load_preprocessors(base)
     dataset = ImageTextDataset(load_records(data)[0], proc, tok, 16)
-    results = []
+    results, checkpointed = [], []
     for ckpt in (False, True):
         spec = StageSpec(name=f"gc{ckpt}", trainable="ffn", epochs=1, global_batch=4, lr=1e-3, warmup_steps=0, grad_checkpointing=ckpt)
+        calls.clear()
         model = train_stage(make_accelerator("no"), load_model(base), dataset, spec, str(tmp_path / f"gc{ckpt}"))["model"]
         results.append(model.state_dict())
+        checkpointed.append(len(calls))
+    assert checkpointed[0] == 0 and checkpointed[1] > 0, checkpointed
     start = load_model(base).state_dict()
     key = "vision_model.encoder.layers.0.mlp.fc1.weight"
     assert not torch.equal(results[0][key], start[key])
