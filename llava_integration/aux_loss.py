@@ -13,7 +13,11 @@ import functools
 from clipmoe_encoder.tower import CLIPMoEVisionTower
 
 
-def _tower(model):
+def clipmoe_tower(model):
+    """The CLIP-MoE tower of a LLaVA model, else None."""
+    # Trainer.model is the bare model under DeepSpeed (the engine is model_wrapped), but FSDP
+    # replaces it with its wrapper before create_optimizer runs.
+    model = getattr(model, "module", model)
     get = getattr(model, "get_vision_tower", None)
     tower = get() if get is not None else None
     return tower if isinstance(tower, CLIPMoEVisionTower) else None
@@ -34,7 +38,7 @@ def patch_forward_aux_loss(cls) -> None:
 
     @functools.wraps(original)
     def forward(self, *args, **kwargs):
-        tower = _tower(self)
+        tower = clipmoe_tower(self)
         if tower is not None:
             tower.pop_aux_loss()  # forget losses of forwards whose output nobody used
         output = original(self, *args, **kwargs)

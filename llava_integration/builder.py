@@ -90,13 +90,12 @@ def make_load_pretrained_model(llava_load):
         tokenizer, model, image_processor, context_len = llava_load(model_path, model_base, model_name, *args, **kwargs)
         tower = model.get_vision_tower() if hasattr(model, "get_vision_tower") else None
         if model_base is not None and isinstance(tower, CLIPMoEVisionTower):
-            dtype, device = tower.dtype, tower.device
+            # load_state_dict copies into the existing tensors: the tower keeps LLaVA's dtype and device
             tower.load_source_weights()
             for name in ("mm_projector.bin", "non_lora_trainables.bin"):
                 path = os.path.join(model_path, name)
                 if os.path.isfile(path):
                     tower.vision_tower.load_state_dict(_adapter_tower_tensors(path), strict=False)
-            tower.to(device=device, dtype=dtype)
         return tokenizer, model, image_processor, context_len
 
     load_pretrained_model._clipmoe = True

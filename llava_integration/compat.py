@@ -1,6 +1,8 @@
 """Shims that let LLaVA-1.5's code (llava-torch 1.2.2, written for transformers 4.37) run on newer
-transformers. Each shim checks the installed API, not a version number, and does nothing where
-LLaVA already fits (so on LLaVA's own pins every function here is a no-op).
+transformers, newer DeepSpeed and CPU-only machines. Each shim checks the installed API, not a
+version number. On LLaVA's own pins (transformers 4.37.2) the trainer-import shim does nothing, but
+the DeepSpeed one is needed there, the CPU one applies on any version without CUDA, and LLaVA's
+forward is still wrapped (it drops no keyword 4.37's generate passes).
 
 * generation: 4.38+ passes `cache_position` (and 5.x other keywords) to LLaVA's forward, which has
   no **kwargs; 5.24 renamed `past_key_values` to `cache`. Unknown keywords are dropped, and `cache`
@@ -22,15 +24,9 @@ import torch
 def llava_causal_lm_classes():
     """LLaVA's causal-LM classes whose forward has a fixed keyword list."""
     from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+    from llava.model.language_model.llava_mistral import LlavaMistralForCausalLM
 
-    classes = [LlavaLlamaForCausalLM]
-    try:
-        from llava.model.language_model.llava_mistral import LlavaMistralForCausalLM
-
-        classes.append(LlavaMistralForCausalLM)
-    except ImportError:
-        pass
-    return classes
+    return [LlavaLlamaForCausalLM, LlavaMistralForCausalLM]
 
 
 def _accepts_var_kwargs(fn) -> bool:
@@ -61,10 +57,9 @@ def patch_trainer_imports() -> None:
     import transformers.trainer
 
     if not hasattr(transformers.trainer, "ALL_LAYERNORM_LAYERS"):
-        try:
-            from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
-        except ImportError:
-            ALL_LAYERNORM_LAYERS = [torch.nn.LayerNorm]
+        # still in transformers.pytorch_utils in 5.x
+        from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
+
         transformers.trainer.ALL_LAYERNORM_LAYERS = ALL_LAYERNORM_LAYERS
 
 
@@ -83,10 +78,8 @@ def patch_cpu_synchronize() -> None:
 def patch_deepspeed_auto_sizes() -> None:
     """transformers <= 4.4x fills ZeRO-3's "auto" stage3_prefetch_bucket_size with 0.9 * hidden**2, a
     float; DeepSpeed >= 0.15 validates it as an int and refuses the config. Round it."""
-    try:
-        from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
-    except ImportError:
-        return
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
     original = HfTrainerDeepSpeedConfig.trainer_config_finalize
     if getattr(original, "_clipmoe", False):
         return

@@ -6,7 +6,7 @@
   projector in stage 1 (LLaVA's projector-only save would drop them).
 * saving: views of one ZeRO-3 buffer are copied apart, else safetensors drops all but one.
 * transformers >= 4.46/5.0: `tokenizer=` became `processing_class=`; 4.47 dropped `metrics` from
-  `_save_checkpoint`; 4.52 passes the dataset to `_get_train_sampler`.
+  `_save_checkpoint`; 4.52 passes the dataset to `_get_train_sampler` (LLaVA's takes none).
 """
 
 from __future__ import annotations
@@ -17,23 +17,16 @@ import inspect
 import torch
 from transformers import Trainer
 
-from clipmoe_encoder.tower import CLIPMoEVisionTower, declare_zero3_leaves
+from clipmoe_encoder.tower import declare_zero3_leaves
 
 from . import compat
+from .aux_loss import clipmoe_tower
 
 compat.patch_trainer_imports()  # before llava.train.llava_trainer is imported
 from llava.train.llava_trainer import LLaVATrainer
 
 _TRAINER_PARAMS = set(inspect.signature(Trainer.__init__).parameters)
 _SAVE_TAKES_METRICS = "metrics" in inspect.signature(Trainer._save_checkpoint).parameters
-_SAMPLER_TAKES_DATASET = len(inspect.signature(Trainer._get_train_sampler).parameters) > 1
-
-
-def clipmoe_tower(model):
-    model = getattr(model, "module", model)
-    get = getattr(model, "get_vision_tower", None)
-    tower = get() if get is not None else None
-    return tower if isinstance(tower, CLIPMoEVisionTower) else None
 
 
 class CLIPMoELLaVATrainer(LLaVATrainer):
@@ -77,11 +70,9 @@ class CLIPMoELLaVATrainer(LLaVATrainer):
         return super()._save(output_dir, state_dict=state_dict)
 
     def _get_train_sampler(self, train_dataset=None):
-        if self.args.group_by_modality_length:
-            return LLaVATrainer._get_train_sampler(self)  # reads self.train_dataset
-        if _SAMPLER_TAKES_DATASET:
-            return Trainer._get_train_sampler(self, train_dataset)
-        return Trainer._get_train_sampler(self)
+        # 4.52+ passes the dataset, which LLaVA's override does not accept; it is self.train_dataset
+        # (LLaVA's datasets are torch Datasets, left as they are), which 4.37 and 5.x read without it.
+        return super()._get_train_sampler()
 
     def _save_checkpoint(self, model, trial, metrics=None):
         if getattr(self.args, "tune_mm_mlp_adapter", False):

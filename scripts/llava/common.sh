@@ -6,6 +6,9 @@
 #     tiny-mode overrides (default: the tiny world under TINY_ROOT): TINY_MODEL (LLM or LLaVA checkpoint),
 #     TINY_DATA_PATH, TINY_IMAGE_FOLDER, TINY_OUTPUT_DIR, TINY_BATCH (per device = global, default 4),
 #     TINY_STEPS (--max_steps, default 3), PRETRAIN_DIR_TINY (finetune.sh: stage-1 output or "none")
+#   REPORT_TO     --report_to (default none)
+# Each script sets its stage (MODEL, DATA_PATH, ..., GLOBAL_BATCH, PER_DEVICE_BATCH, EPOCHS, SAVE)
+# and calls llava_train with its stage flags.
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PYTHON=${PYTHON:-python}
@@ -26,6 +29,14 @@ if [ "$TINY" = "1" ]; then
     export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
     NUM_GPUS=1
     HOSTFILE=
+fi
+
+# Settings both stages share: the published ones, or a few fp32 CPU steps on the tiny LLaVA.
+REPORT=${REPORT_TO:-none}
+if [ "$TINY" = "1" ]; then
+    PRECISION=(--bf16 False --fp16 False) LENGTH=256 WORKERS=0 STEPS=(--max_steps "${TINY_STEPS:-3}")
+else
+    PRECISION=(--bf16 True --tf32 True) LENGTH=2048 WORKERS=4 STEPS=()
 fi
 
 # Number of ranks: the hostfile's slots, else NUM_GPUS on this node.
@@ -55,4 +66,35 @@ with open(path) as f:
     n = len(json.load(f))
 print(math.ceil(ratio * math.ceil(math.ceil(n / batch) * epochs)))
 PY
+}
+
+# Launch llava_integration.train with the trainer flags both stages share, then the caller's
+# arguments (stage flags, then the user's extras), so that for a repeated flag the caller's wins.
+# Reads DATA_PATH, GLOBAL_BATCH, PER_DEVICE_BATCH, EPOCHS and SAVE from the calling script.
+llava_train() {
+    # Plain assignments, not $(...) inside the argument list below: there a failure (accumulation
+    # exits 2 on a bad batch split) would be ignored even with set -e and training would start.
+    local accum warmup
+    accum=$(accumulation "$GLOBAL_BATCH" "$PER_DEVICE_BATCH")
+    warmup=$(warmup_steps "$DATA_PATH" "$GLOBAL_BATCH" "$EPOCHS" 0.03)
+    "${LAUNCH[@]}" --module llava_integration.train \
+        --mm_vision_select_layer -2 \
+        --mm_use_im_start_end False \
+        --mm_use_im_patch_token False \
+        "${PRECISION[@]}" \
+        --num_train_epochs "$EPOCHS" "${STEPS[@]}" \
+        --per_device_train_batch_size "$PER_DEVICE_BATCH" \
+        --per_device_eval_batch_size 4 \
+        --gradient_accumulation_steps "$accum" \
+        "${SAVE[@]}" \
+        --weight_decay 0. \
+        --warmup_steps "$warmup" \
+        --lr_scheduler_type cosine \
+        --logging_steps 1 \
+        --model_max_length "$LENGTH" \
+        --gradient_checkpointing True \
+        --dataloader_num_workers "$WORKERS" \
+        --lazy_preprocess True \
+        --report_to "$REPORT" \
+        "$@"
 }

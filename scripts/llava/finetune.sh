@@ -16,22 +16,20 @@ VISION_TOWER=${VISION_TOWER:-clipmoe}
 PRETRAIN_DIR=${PRETRAIN_DIR:-./checkpoints/llava-v1.5-7b-clipmoe-pretrain}
 OUTPUT_DIR=${OUTPUT_DIR:-./checkpoints/llava-v1.5-7b-clipmoe}
 GLOBAL_BATCH=128 PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-16} EPOCHS=1
-PRECISION=(--bf16 True --tf32 True) LENGTH=2048 WORKERS=4 STEPS=() SAVE=(--save_strategy steps --save_steps 50000 --save_total_limit 1)
-REPORT=${REPORT_TO:-none}
+SAVE=(--save_strategy steps --save_steps 50000 --save_total_limit 1)
 
-if [ "$TINY" = "1" ]; then
+if [ "$TINY" = "1" ]; then  # a few CPU steps on the tiny LLaVA (TINY_* overrides: see common.sh)
     MODEL=${TINY_MODEL:-$TINY_ROOT/llm} DATA_PATH=${TINY_DATA_PATH:-$TINY_ROOT/finetune.json}
     IMAGE_FOLDER=${TINY_IMAGE_FOLDER:-$TINY_ROOT/images}
     PRETRAIN_DIR=${PRETRAIN_DIR_TINY:-$TINY_ROOT/checkpoints/llava-tiny-clipmoe-pretrain}
     OUTPUT_DIR=${TINY_OUTPUT_DIR:-$TINY_ROOT/checkpoints/llava-tiny-clipmoe-finetune}
-    GLOBAL_BATCH=${TINY_BATCH:-4} PER_DEVICE_BATCH=${TINY_BATCH:-4} PRECISION=(--bf16 False --fp16 False) LENGTH=256 WORKERS=0
-    STEPS=(--max_steps ${TINY_STEPS:-3}) SAVE=(--save_strategy no)
+    GLOBAL_BATCH=${TINY_BATCH:-4} PER_DEVICE_BATCH=${TINY_BATCH:-4} SAVE=(--save_strategy no)
 fi
 
 ADAPTER=(--pretrain_mm_mlp_adapter "$PRETRAIN_DIR/mm_projector.bin")
 if [ "$PRETRAIN_DIR" = "none" ]; then ADAPTER=(); fi
 
-"${LAUNCH[@]}" --module llava_integration.train \
+llava_train \
     --deepspeed "$SCRIPT_DIR/zero3.json" \
     --model_name_or_path "$MODEL" \
     --version v1 \
@@ -40,26 +38,8 @@ if [ "$PRETRAIN_DIR" = "none" ]; then ADAPTER=(); fi
     --vision_tower "$VISION_TOWER" \
     "${ADAPTER[@]}" \
     --mm_projector_type mlp2x_gelu \
-    --mm_vision_select_layer -2 \
-    --mm_use_im_start_end False \
-    --mm_use_im_patch_token False \
     --image_aspect_ratio pad \
     --group_by_modality_length True \
-    "${PRECISION[@]}" \
     --output_dir "$OUTPUT_DIR" \
-    --num_train_epochs $EPOCHS "${STEPS[@]}" \
-    --per_device_train_batch_size "$PER_DEVICE_BATCH" \
-    --per_device_eval_batch_size 4 \
-    --gradient_accumulation_steps "$(accumulation $GLOBAL_BATCH "$PER_DEVICE_BATCH")" \
-    "${SAVE[@]}" \
     --learning_rate 2e-5 \
-    --weight_decay 0. \
-    --warmup_steps "$(warmup_steps "$DATA_PATH" $GLOBAL_BATCH $EPOCHS 0.03)" \
-    --lr_scheduler_type cosine \
-    --logging_steps 1 \
-    --model_max_length $LENGTH \
-    --gradient_checkpointing True \
-    --dataloader_num_workers $WORKERS \
-    --lazy_preprocess True \
-    --report_to "$REPORT" \
     "$@"

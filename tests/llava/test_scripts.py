@@ -2,6 +2,9 @@
 stage 1 with ZeRO-2 and stage 2 with ZeRO-3 (routers trainable, so the MoE runs under ZeRO-3),
 finite losses, checkpoints saved, reloaded with load_pretrained_model, then generation."""
 
+import ast
+import itertools
+import json
 import math
 import os
 import re
@@ -11,6 +14,8 @@ import sys
 
 import pytest
 import torch
+import transformers
+from packaging.version import Version
 
 from .conftest import image_batch, prompt_ids
 
@@ -18,6 +23,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.legacy]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOSS = re.compile(r"'loss': '?([-+0-9.eE]+|nan|inf)'?")
+SPAWNED = re.compile(r"spawned with command: (\[.*\])")
+
+
+def zero_stage(log):
+    """ZeRO stage of the config the trainer ran with. DeepSpeed prints its engine config only at INFO
+    (its default level is WARNING), so read the command its launcher printed and the config it names."""
+    command = ast.literal_eval(SPAWNED.search(log).group(1))
+    config = [arg for flag, arg in itertools.pairwise(command) if flag == "--deepspeed"][-1]  # the last one wins
+    with open(config) as f:
+        return json.load(f)["zero_optimization"]["stage"]
 
 
 def _free_port():
@@ -51,7 +66,7 @@ def test_pretrain_zero2_then_finetune_zero3_then_reload_and_generate(world, monk
 
     tune = ("--mm_vision_moe_tune", "routers", "--mm_vision_moe_lr", "1e-2")
     log = run_script("pretrain.sh", world, *tune)
-    assert "stage\": 2" in log or "zero2.json" in log
+    assert zero_stage(log) == 2
     stage1 = os.path.join(world.root, "checkpoints", "llava-tiny-clipmoe-pretrain")
     adapter = torch.load(os.path.join(stage1, "mm_projector.bin"), weights_only=True)
     routers = {k: v for k, v in adapter.items() if ".mlp.router." in k}
@@ -67,7 +82,7 @@ def test_pretrain_zero2_then_finetune_zero3_then_reload_and_generate(world, monk
         assert torch.equal(tower1[k].detach(), v.to(tower1[k].dtype)), k
 
     monkeypatch.delenv("CLIPMOE_VISION_TOWER")  # a full checkpoint needs no tower checkpoint
-    run_script("finetune.sh", world, *tune)
+    assert zero_stage(run_script("finetune.sh", world, *tune)) == 3
     stage2 = os.path.join(world.root, "checkpoints", "llava-tiny-clipmoe-finetune")
     saved = load_file(os.path.join(stage2, "model.safetensors"))
     projector = {k for k in saved if "mm_projector" in k}  # none lost as "shared tensors" by the ZeRO-3 save
@@ -81,12 +96,15 @@ def test_pretrain_zero2_then_finetune_zero3_then_reload_and_generate(world, monk
     with torch.no_grad():
         out = model.generate(prompt_ids(tokenizer), images=images, do_sample=False, max_new_tokens=6,
                              min_new_tokens=6, pad_token_id=tokenizer.pad_token_id)
-    assert out.shape[-1] >= 6
-    assert isinstance(tokenizer.decode(out[0], skip_special_tokens=True), str)
+    # LLaVA generates from inputs_embeds: transformers 4.37 (LLaVA's pin) starts the output with a bos
+    # placeholder, 5.x returns the new tokens only
+    placeholder = 1 if Version(transformers.__version__) < Version("5") else 0
+    assert out.shape[-1] == 6 + placeholder
 
     # continue training from the full LLaVA checkpoint under ZeRO-3: the tower is now rebuilt
     # (delay_load) inside a model that from_pretrained builds under zero.Init
     continued = os.path.join(world.root, "checkpoints", "llava-tiny-clipmoe-continued")
-    run_script("finetune.sh", world, *tune, "--gradient_checkpointing", "False", TINY_MODEL=stage2,
-               TINY_OUTPUT_DIR=continued, PRETRAIN_DIR_TINY="none")
+    log = run_script("finetune.sh", world, *tune, "--gradient_checkpointing", "False", TINY_MODEL=stage2,
+                     TINY_OUTPUT_DIR=continued, PRETRAIN_DIR_TINY="none")
+    assert zero_stage(log) == 3
     assert os.path.isfile(os.path.join(continued, "model.safetensors"))
