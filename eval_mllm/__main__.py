@@ -16,7 +16,7 @@ import sys
 
 from .chain import cli as chain
 from .errors import EvalInputError
-from .scorers.common import ScorerInputError
+from .scorers.common import ScorerInputError, check_output_path
 
 
 def _add_question_args(p):
@@ -56,6 +56,9 @@ def build_parser():
     _add_model_args(g)
     g.add_argument("--image-folder", default="", help="folder the question 'image' paths are relative to")
     g.add_argument("--answers-file", required=True, help="answers JSONL (appended to; reruns resume)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="an --answers-file that is not this question file's answers is moved "
+                        "to ANSWERS.bak-N and generation starts afresh (default: refuse)")
     g.add_argument("--num-chunks", type=int, default=1)
     g.add_argument("--chunk-idx", type=int, default=0)
 
@@ -65,6 +68,7 @@ def build_parser():
     m.add_argument("--question-file", help="order answers as in this question file")
     m.add_argument("--question-format", choices=["jsonl", "scienceqa", "mmbench"])
     m.add_argument("--all-rounds", action="store_true")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing OUT (default: refuse)")
 
     r = sub.add_parser("run", help="generate + score benchmarks and write results.json / results.md")
     _add_model_args(r, "--model")
@@ -74,6 +78,9 @@ def build_parser():
     r.add_argument("--limit", type=int, help="only the first N questions per benchmark (smoke runs)")
     r.add_argument("--all-rounds", action="store_true", help="MMBench circular evaluation")
     r.add_argument("--model-name", help="row label in the report (default: checkpoint folder name)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out this command did not write, and set aside "
+                        "answers files that are not this benchmark's (default: refuse)")
 
     sub.add_parser("score", help="score answers (python -m eval_mllm score BENCHMARK --help)",
                    add_help=False)
@@ -82,12 +89,15 @@ def build_parser():
 
 
 def _generate(args):
-    from .generate import check_image_files, generate
+    from .generate import check_image_files, check_resumable, generate
     from .models import load_model
     from .questions import get_chunk, read_questions
 
     questions = read_questions(args.question_file, args.question_format, args.all_rounds,
                                args.single_pred_prompt, args.lang)
+    # Every input and the destination are checked before the (slow) model load.
+    check_output_path(args.answers_file, "--answers-file")
+    check_resumable(args.answers_file, questions, args.overwrite)
     if not args.skip_bad_images:
         check_image_files(get_chunk(questions, args.num_chunks, args.chunk_idx), args.image_folder)
     model = load_model(args.model_path, args.model_base, args.conv_mode, args.max_new_tokens or 128,
@@ -107,8 +117,9 @@ def _merge(args):
 
     questions = read_questions(args.question_file, args.question_format, args.all_rounds) \
         if args.question_file else None
-    n = merge(args.out, args.parts, questions)
-    print(f"{args.out}: {n} answers")
+    stats = merge(args.out, args.parts, questions, args.overwrite)
+    dropped = "".join(f", {n} dropped ({reason})" for reason, n in sorted(stats.dropped.items()))
+    print(f"{args.out}: {stats.n_written} answers written of {stats.n_read} read{dropped}")
     return 0
 
 

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 
 from .errors import EvalInputError
 from .questions import Question, get_chunk, load_image, record_key, shared_bases
+from .scorers.common import ScorerInputError, read_jsonl, write_atomic
+
+# What resume and merge need of an answer line (a scorer also needs 'text' to be a string).
+RESUME_FIELDS = {"question_id": (int, str), "text": str}
 
 
 @dataclass
@@ -25,47 +29,64 @@ class GenerateStats:
     skipped: list = field(default_factory=list)  # "file: line N: why" of each skipped question
 
 
-def _complete_record(raw: bytes) -> bool:
+def _read(path, fields):
+    """Answer records of `path` through the scorers' reader (one rule for every reader: a last
+    line without its newline is kept when it is complete JSON, dropped when it is cut)."""
     try:
-        record = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(record, dict) and "question_id" in record and "text" in record
+        return read_jsonl(path, fields)
+    except ScorerInputError as exc:
+        raise EvalInputError(str(exc)) from None
 
 
 def repair_and_read(path) -> tuple[list[dict], int]:
-    """Answer records of `path` (an answers JSONL we may append to).
+    """Answer records of `path` (an answers JSONL we may append to), and whether a cut last
+    line was removed.
 
-    A last line without its newline is what a killed writer leaves (we write each line and its
-    newline at once): it is cut off the file. Any other unreadable line is corruption: refuse."""
+    A cut last line (not valid JSON) is what a killed writer leaves: it is cut off the file
+    before appending. A complete last line without its newline gets its newline."""
     if not os.path.exists(path):
         return [], 0
+    records, n_cut, _ = _read(path, RESUME_FIELDS)
     with open(path, "rb") as f:
         data = f.read()
-    end = data.rfind(b"\n") + 1
-    n_cut = 0
-    if end < len(data):
-        if _complete_record(data[end:]):  # whole line, only its newline missing (another writer)
-            with open(path, "ab") as f:
-                f.write(b"\n")
-            data, end = data + b"\n", len(data) + 1
-        else:
-            with open(path, "r+b") as f:
-                f.truncate(end)
-            n_cut = 1
-    records = []
-    for lineno, line in enumerate(data[:end].decode("utf-8").split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise EvalInputError(f"{path}: line {lineno}: not valid JSON (corrupt answers file; "
-                                 "only a cut last line is repaired)") from None
-        if not isinstance(record, dict) or "question_id" not in record:
-            raise EvalInputError(f"{path}: line {lineno}: not an answer record (no 'question_id')")
-        records.append(record)
+    body = data.rstrip()
+    if n_cut:  # the cut line is the last non-blank one: keep everything before its start
+        with open(path, "r+b") as f:
+            f.truncate(body.rfind(b"\n") + 1)
+    elif body and not data.endswith(b"\n"):
+        with open(path, "ab") as f:
+            f.write(b"\n")
     return records, n_cut
+
+
+def check_resumable(path, questions, overwrite=False):
+    """Refuse to append to a file that is not this command's own resumable output (another
+    benchmark's answers, or not an answers file at all) unless `overwrite`; with `overwrite`
+    such a file is moved aside to `path`.bak-N (never deleted) and generation starts fresh."""
+    if not os.path.exists(path):
+        return
+    if os.path.isdir(path):
+        raise EvalInputError(f"--answers-file {path}: is a directory; give a file path")
+    why = None
+    try:
+        records, _, _ = read_jsonl(path, RESUME_FIELDS)
+    except ScorerInputError as exc:
+        why = f"not an answers file this command can resume ({exc})"
+    else:
+        shared = shared_bases(questions)
+        keys = {q.key for q in questions}
+        if records and not any(record_key(r, shared) in keys for r in records):
+            why = (f"none of its {len(records)} answer(s) is for a question of this question file "
+                   "(another benchmark's answers?)")
+    if why is None:
+        return
+    if not overwrite:
+        raise EvalInputError(f"--answers-file {path}: {why}; pass --overwrite to set it aside "
+                             "and start afresh, or choose another --answers-file")
+    n = 0
+    while os.path.exists(f"{path}.bak-{n}"):
+        n += 1
+    os.replace(path, f"{path}.bak-{n}")
 
 
 def answer_record(question: Question, text: str, model_id: str) -> dict:
@@ -151,41 +172,66 @@ class _AllKeys:
         return True
 
 
-def merge(out_path, part_paths, questions=None) -> int:
+@dataclass
+class MergeStats:
+    n_read: int = 0               # answer lines read from all parts
+    n_written: int = 0
+    dropped: dict = field(default_factory=dict)   # reason -> count of lines read but not written
+
+
+def merge(out_path, part_paths, questions=None, overwrite=False) -> MergeStats:
     """Concatenate chunk answer files into `out_path`; in question order when `questions` is
     given (else in the order of the parts, as LLaVA's `cat`). Duplicates keep the first answer;
-    a cut last line of a part is dropped. Returns the number of answers written."""
+    a cut last line of a part is dropped; every dropped line is counted by reason. An existing
+    `out_path` is replaced only with `overwrite` (or when the merge would write it unchanged);
+    the output is written to a temporary file and renamed."""
+    out_abs = os.path.abspath(out_path)
+    if os.path.isdir(out_path):
+        raise EvalInputError(f"merge OUT {out_path}: is a directory; give a file path")
+    for path in part_paths:
+        if not os.path.exists(path):
+            raise EvalInputError(f"{path}: answer file not found")
+        if os.path.abspath(path) == out_abs:
+            raise EvalInputError(f"merge OUT {out_path}: is also one of the parts; "
+                                 "write the merge to another file")
+    stats = MergeStats()
     records = []
     for path in part_paths:
-        if not os.path.isfile(path):
-            raise EvalInputError(f"{path}: answer file not found")
-        with open(path, "rb") as f:
-            data = f.read()
-        end = data.rfind(b"\n") + 1  # anything after the last newline is a cut line
-        for lineno, line in enumerate(data[:end].decode("utf-8").split("\n"), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise EvalInputError(f"{path}: line {lineno}: not valid JSON") from None
+        part, n_cut, _ = _read(path, RESUME_FIELDS)
+        records += part
+        stats.n_read += len(part) + n_cut
+        if n_cut:
+            stats.dropped["truncated_last_line"] = stats.dropped.get("truncated_last_line", 0) + n_cut
     if questions is not None:
         shared = shared_bases(questions)
     else:  # without the questions, ids may be shared (MME): tell answers apart by prompt too
         shared = _AllKeys()
     by_key = {}
     for record in records:
-        if not isinstance(record, dict) or "question_id" not in record:
-            raise EvalInputError(f"{out_path}: a part holds a record without 'question_id'")
         by_key.setdefault(record_key(record, shared), record)
+    n_dup = len(records) - len(by_key)
+    if n_dup:
+        stats.dropped["duplicate_answer"] = n_dup
     if questions is not None:
         order = {q.key: i for i, q in enumerate(questions)}
         ordered = sorted(by_key.values(), key=lambda r: order.get(record_key(r, shared), len(order)))
     else:
         ordered = list(by_key.values())
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = out_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in ordered:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, out_path)
-    return len(ordered)
+    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in ordered)
+    if os.path.exists(out_path) and not overwrite and not _same_content(out_path, text):
+        raise EvalInputError(f"merge OUT {out_path}: exists and holds other content; pass "
+                             "--overwrite to replace it, or choose another OUT")
+    try:
+        write_atomic(out_path, lambda f: f.write(text), "merge OUT")
+    except ScorerInputError as exc:
+        raise EvalInputError(str(exc)) from None
+    stats.n_written = len(ordered)
+    return stats
+
+
+def _same_content(path, text):
+    try:
+        with open(path, "rb") as f:
+            return f.read() == text.encode("utf-8")
+    except OSError:
+        return False

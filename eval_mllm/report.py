@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict
 
 from .references import REFERENCES
+from .scorers.common import write_atomic
 
 HEADLINE = {  # what each benchmark's headline number is, as the published tables report it
     "pope": "POPE F1", "mme": "MME-P", "textvqa": "TextVQA", "gqa": "GQA", "scienceqa": "SQA-IMG",
@@ -66,7 +67,7 @@ def markdown(summary) -> str:
 
 def write_reports(summary, out_dir):
     summary = dict(summary, references=[asdict(r) for r in REFERENCES])
-    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1, ensure_ascii=False)
-    with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
-        f.write(markdown(summary))
+    # temp + rename: a crash never leaves a half-written report
+    write_atomic(os.path.join(out_dir, "results.json"),
+                 lambda f: json.dump(summary, f, indent=1, ensure_ascii=False))
+    write_atomic(os.path.join(out_dir, "results.md"), lambda f: f.write(markdown(summary)))

@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from .errors import EvalInputError
-from .generate import check_image_files, generate, n_unanswered
+from .generate import check_image_files, check_resumable, generate, n_unanswered
 from .questions import read_questions
 
 # Short-answer / multiple-choice instructions are already in LLaVA's question files.
@@ -282,6 +282,22 @@ def _check_data(benches, data_root):
                              + ", ".join(missing))
 
 
+RUN_FOLDER_ENTRIES = {"answers", "work", "results.json", "results.md"}
+
+
+def _check_out_folder(out, overwrite):
+    """`--out` is a new or empty folder, or one this command wrote (resumed); a folder holding
+    something else is refused unless `overwrite` (which writes beside it and deletes nothing)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise EvalInputError(f"--out {out}: is a file; give a folder")
+    entries = set(os.listdir(out)) if os.path.isdir(out) else set()
+    if entries and not entries & RUN_FOLDER_ENTRIES and not overwrite:
+        raise EvalInputError(f"--out {out}: not empty and not a folder this command wrote; pass "
+                             "--overwrite to write into it anyway, or choose another --out")
+    if os.path.isdir(out) and not os.access(out, os.W_OK | os.X_OK):
+        raise EvalInputError(f"--out {out}: not writable (permission denied)")
+
+
 def run(args) -> dict:
     from .report import write_reports
 
@@ -295,6 +311,7 @@ def run(args) -> dict:
 
     checkpoint_kind(os.path.expanduser(args.model_path))  # a checkpoint folder, even if all is answered
     _check_data(benches, data_root)
+    _check_out_folder(out, getattr(args, "overwrite", False))
     os.makedirs(os.path.join(out, "answers"), exist_ok=True)
     # Read every question file (and check image files) before loading the model: bad input
     # should fail in seconds, not after the first benchmark's generation.
@@ -307,6 +324,8 @@ def run(args) -> dict:
             qfile, sqa_base = _limited_copy(bench, qfile, os.path.join(work, "limited"), args.limit, data_root)
         all_rounds = bench.name == "mmbench" and args.all_rounds
         questions = read_questions(qfile, bench.fmt, all_rounds=all_rounds)
+        check_resumable(os.path.join(out, "answers", f"{bench.name}.jsonl"), questions,
+                        getattr(args, "overwrite", False))
         if not args.skip_bad_images:
             check_image_files(questions, os.path.join(data_root, bench.image_folder))
         plans.append((bench, work, qfile, sqa_base, questions))

@@ -11,10 +11,11 @@ the last stdout line is one JSON object of the metrics.  Bad input prints one
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .scorers import SCORERS
-from .scorers.common import ScorerInputError, emit
+from .scorers.common import ScorerInputError, check_output_path, emit
 
 
 def _summary(scorer) -> str:
@@ -44,10 +45,28 @@ def build_parser(subparsers):
     return parser
 
 
+def _check_outputs(args):
+    """Outputs are checked before any file is scored: writable, and not one of the inputs."""
+    out = getattr(args, "submission_out", None)
+    if not out:
+        return
+    check_output_path(out, "--submission-out")
+    for name, value in vars(args).items():
+        if name != "submission_out" and isinstance(value, str) and os.path.isfile(value) \
+                and os.path.exists(out) and os.path.samefile(value, out):
+            raise ScorerInputError(f"--submission-out {out}: is the input --{name.replace('_', '-')}"
+                                   "; give another path (inputs are never overwritten)")
+
+
 def run(args) -> int:
     """Score ``args.benchmark`` and print the result; returns the exit code."""
     try:
+        _check_outputs(args)
         metrics = SCORERS[args.benchmark].from_args(args)
+        if metrics.get("n_scored") == 0:  # backstop: never print null scores with exit 0
+            raise ScorerInputError(f"{args.benchmark}: nothing was scored ("
+                                   f"{metrics.get('n_missing', 0)} question(s) without a complete "
+                                   f"answer, dropped: {metrics.get('dropped', {})})")
     except ScorerInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,7 +9,13 @@ Conventions used by every scorer:
   OCRBench reports counts, as their official tools do.
 * Every result dict carries the coverage counts ``n_questions``,
   ``n_scored``, ``n_missing``, ``n_duplicates``, ``n_unknown`` and
-  ``n_truncated_lines`` plus a ``warnings`` list.
+  ``n_truncated_lines``, a ``dropped`` dict ``{reason: count}`` of every
+  answer line that was read but not scored, and a ``warnings`` list.
+* Nothing scorable (an empty answers file, or no answer with an id of the
+  question set) is an error, never a result of ``null`` scores.
+* One reader for answer files (``read_jsonl``), shared with ``generate``'s
+  resume and ``merge``: a last line without its newline is kept when it is
+  complete JSON, and dropped (counted) when it is not (a cut write).
 * Bad input raises ``ScorerInputError`` with one line naming the file, the
   place in it and the field; the CLI prints it and exits with status 2.
 """
@@ -21,6 +27,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 
 # Answer lines written by LLaVA's model_vqa_loader.py / our generator.
 ANSWER_FIELDS = {"question_id": (int, str), "text": str}
@@ -215,7 +222,8 @@ def index_unique(records, key_field, path):
 class Answers:
     """Answer records matched to the expected question keys."""
 
-    def __init__(self, by_key, question_keys, n_duplicates, n_unknown, n_truncated, warnings):
+    def __init__(self, by_key, question_keys, n_duplicates, n_unknown, n_truncated, warnings,
+                 dropped=None):
         self.by_key = by_key                  # key -> first answer record, question order
         self.missing = [k for k in question_keys if k not in by_key]
         self.n_questions = len(question_keys)
@@ -223,6 +231,12 @@ class Answers:
         self.n_unknown = n_unknown
         self.n_truncated = n_truncated
         self.warnings = warnings
+        self.dropped = dict(dropped or {})
+
+    def drop(self, reason, n=1):
+        """Count ``n`` read answers that are not scored, for ``reason``."""
+        if n:
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
 
     def text(self, key):
         return self.by_key[key]["text"]
@@ -237,6 +251,7 @@ class Answers:
             "n_duplicates": self.n_duplicates,
             "n_unknown": self.n_unknown,
             "n_truncated_lines": self.n_truncated,
+            "dropped": dict(sorted(self.dropped.items())),
             "warnings": list(self.warnings),
         }
 
@@ -246,13 +261,27 @@ def read_answers(path):
     return read_jsonl(path, ANSWER_FIELDS)
 
 
+def _nothing_scorable(records, question_keys, n_truncated, key_of, path):
+    """The one-line reason why no answer of ``records`` matches a question."""
+    if not records:
+        why = ("its only line is a cut write" if n_truncated else "it holds no answer")
+        return f"{path}: nothing to score: {why}"
+    if not question_keys:
+        return f"{path}: nothing to score: the question set is empty"
+    ids = [r["question_id"] for r in records]
+    return (f"{path}: nothing to score: none of its {len(records)} answer(s) has the id of a "
+            f"question (e.g. question_id {ids[0]!r} with key {key_of(records[0])!r}; expected "
+            f"keys like {question_keys[0]!r}); is it the answers file of this benchmark?")
+
+
 def match_answers(records, question_keys, key_of=None, n_truncated=0, warnings=(), path=""):
     """Match answer records to ``question_keys`` (an ordered list of keys).
 
     ``key_of(record)`` gives the key of an answer (default: its question id);
     it may return None for an answer that cannot be placed.  The first answer
     for a key wins; later ones are counted as duplicates.  Answers whose key
-    is not a question are counted as unknown.
+    is not a question are counted as unknown.  When no answer matches at all,
+    raises ``ScorerInputError`` saying why (nothing would be scored).
     """
     key_of = key_of or (lambda rec: qid_key(rec["question_id"]))
     wanted = set(question_keys)
@@ -275,7 +304,13 @@ def match_answers(records, question_keys, key_of=None, n_truncated=0, warnings=(
     if unknown:
         warnings.append(f"{path}: {len(unknown)} answer(s) for unknown questions ignored "
                         f"(e.g. question_id {unknown[0]!r})")
-    answers = Answers(by_key, list(question_keys), len(dups), len(unknown), n_truncated, warnings)
+    if not by_key:
+        raise ScorerInputError(_nothing_scorable(records, list(question_keys), n_truncated,
+                                                 key_of, path))
+    dropped = {"duplicate_answer": len(dups), "unknown_question_id": len(unknown),
+               "truncated_last_line": n_truncated}
+    answers = Answers(by_key, list(question_keys), len(dups), len(unknown), n_truncated, warnings,
+                      {k: v for k, v in dropped.items() if v})
     if answers.missing:
         answers.warnings.append(f"{path}: {len(answers.missing)} of {answers.n_questions} "
                                 f"expected answer(s) missing (e.g. {answers.missing[0]!r})")
@@ -341,9 +376,44 @@ def emit(metrics, as_json=False, out=None, err=None):
         print(json.dumps(metrics, ensure_ascii=False, allow_nan=False), file=out)
 
 
-def write_json(path, obj):
-    """Write a submission JSON file (creating its folder)."""
+def check_output_path(path, flag):
+    """Fail early (before any scoring) when ``path`` cannot be written: a folder, a file
+    below a file, or a folder we may not write to.  Reads nothing; creates nothing."""
+    if not path:
+        return
+    if os.path.isdir(path):
+        raise ScorerInputError(f"{flag} {path}: is a directory; give a file path")
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False)
+    probe = folder
+    while not os.path.exists(probe):  # the nearest existing ancestor must be a writable folder
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ScorerInputError(f"{flag} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK) or (
+            os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ScorerInputError(f"{flag} {path}: not writable (permission denied)")
+
+
+def write_atomic(path, write, flag="output"):
+    """Write ``path`` through ``write(file)`` into a temporary file beside it, then rename:
+    a crash leaves either the old file or the whole new one, never a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                                   dir=folder)
+    except OSError as exc:
+        raise ScorerInputError(f"{flag} {path}: cannot write ({exc.strerror})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj, flag="--submission-out"):
+    """Write a submission JSON file atomically (creating its folder)."""
+    write_atomic(path, lambda f: json.dump(obj, f, ensure_ascii=False), flag)

@@ -18,7 +18,6 @@ judge sees the whole set and the files line up) and are counted.
 from __future__ import annotations
 
 import json
-import os
 from types import SimpleNamespace
 
 from .common import (
@@ -28,6 +27,7 @@ from .common import (
     qid_key,
     read_answers,
     read_questions,
+    write_atomic,
     write_json,
 )
 
@@ -62,13 +62,15 @@ def score_llavabench(result_file, submission_out, question_file):
     if not question_file:
         raise ScorerInputError("llavabench: --question-file is needed (the judge pairs by order)")
     questions, answers = _answers(question_file, result_file)
-    os.makedirs(os.path.dirname(os.path.abspath(submission_out)), exist_ok=True)
-    with open(submission_out, "w", encoding="utf-8") as f:
+
+    def write(f):
         for key, q in questions.items():
             record = answers.by_key.get(key) or {
                 "question_id": q["question_id"], "prompt": q.get("text", ""), "text": "",
                 "answer_id": None, "model_id": None, "metadata": {"missing": True}}
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    write_atomic(submission_out, write, "--submission-out")
     return _status("llavabench", submission_out, answers.coverage())
 
 

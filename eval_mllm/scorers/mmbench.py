@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections import defaultdict
 
 from .common import (
@@ -43,6 +42,7 @@ from .common import (
     qid_key,
     read_answers,
     read_table,
+    write_atomic,
 )
 
 BENCHMARK = "mmbench"
@@ -93,16 +93,17 @@ def is_round_correct(text, options, round_idx, gt_index):
 
 def _write_submission(path, header, rows, answers):
     option_cols = [c for c in LETTERS if c in header]
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     delimiter = "," if path.lower().endswith(".csv") else "\t"
-    with open(path, "w", encoding="utf-8", newline="") as f:
+
+    def write(f):
         writer = csv.writer(f, delimiter=delimiter)
         writer.writerow(["index", "question", *option_cols, "prediction"])
         for row in rows:
             record = answers.by_key.get((qid_key(row["index"]), 0))
             writer.writerow([row["index"], row["question"], *(row[c] for c in option_cols),
                              record["text"] if record else ""])
+
+    write_atomic(path, write, "--submission-out")
 
 
 def score(question_file, result_file, submission_out=None):

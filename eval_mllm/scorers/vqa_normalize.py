@@ -7,16 +7,20 @@ TextVQA/VQAv2/VizWiz scoring and before writing VQAv2/VizWiz submissions):
 1. lower-case; delete ``,`` and ``?``; split the possessive ``'s`` off the
    word before it (``dog's`` -> ``dog 's``); newlines and tabs become spaces.
 2. punctuation: for each character of ``PUNCTUATION`` (in order), delete it
-   when it touches a space (``"x "`` or ``" x"`` occurs) or when the text has a
-   digit-comma-digit group; otherwise replace it with a space.  Then delete
-   every period that is not followed by a digit (``3.5`` keeps its period).
+   when it touches a space (``"x "`` or ``" x"`` occurs) *in the text as it was
+   before this step* or when that text has a digit-comma-digit group;
+   otherwise replace it with a space.  Then delete the first 32 periods that
+   are not followed by a digit (``3.5`` keeps its period; the reference code
+   passes ``re.UNICODE`` (= 32) as ``re.sub``'s count, so later periods stay).
 3. word by word: number words ``none``/``zero``..``ten`` become digits, the
    articles ``a``/``an``/``the`` are dropped, and apostrophe-less
    contractions get their apostrophe back (``isnt`` -> ``isn't``).
 
 Only the entries that can fire on lower-cased text are in ``CONTRACTIONS``
 (the reference list also has capitalised keys such as ``Im`` that never match
-after step 1, so ``im`` stays ``im`` there and here).
+after step 1, so ``im`` stays ``im`` there and here).  Agreement with the
+reference (LLaVA's ``m4c_evaluator.EvalAIAnswerProcessor``) is tested on
+random strings in ``tests/eval_mllm/test_official_agreement.py``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ ARTICLES = {"a", "an", "the"}
 # Apostrophe-less spelling -> spelling with apostrophe(s).
 CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
-    "couldnt": "couldn't", "couldntve": "couldn't've", "couldnt've": "couldn't've",
+    "couldnt": "couldn't", "couldnt've": "couldn't've",
     "couldn'tve": "couldn't've", "didnt": "didn't", "doesnt": "doesn't", "dont": "don't",
     "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
     "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've",
@@ -46,7 +50,7 @@ CONTRACTIONS = {
     "mustve": "must've", "neednt": "needn't", "notve": "not've", "oclock": "o'clock",
     "oughtnt": "oughtn't", "shant": "shan't", "shed've": "she'd've", "she'dve": "she'd've",
     "shouldve": "should've", "shouldnt": "shouldn't", "shouldnt've": "shouldn't've",
-    "shouldn'tve": "shouldn't've", "somebodyd": "somebody'd", "somebodyd've": "somebody'd've",
+    "shouldn'tve": "shouldn't've", "somebodyd've": "somebody'd've",
     "somebody'dve": "somebody'd've", "somebodyll": "somebody'll", "somebodys": "somebody's",
     "someoned": "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
     "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd",
@@ -65,7 +69,10 @@ CONTRACTIONS = {
     "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll", "yall'd've": "y'all'd've",
     "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
     "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're",
-    "youve": "you've",
+    "youve": "you've", "let's": "let's", "she's": "she's",
+    "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at",
+    # The reference table maps this one backwards; kept so that scores agree.
+    "somebody'd": "somebodyd",
 }
 
 _DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
@@ -80,15 +87,20 @@ def _tokenize(text: str) -> str:
     return text.replace("\n", " ").replace("\t", " ").strip()
 
 
+# What the reference's ``re.sub(..., re.UNICODE)`` passes as count.
+_PERIOD_STRIP_COUNT = 32
+
+
 def _strip_punctuation(text: str) -> str:
+    # The condition looks at the text as it came in, never at the edits of earlier marks.
+    original = text
+    has_number_comma = _DIGIT_COMMA_DIGIT.search(original) is not None
     for mark in PUNCTUATION:
-        # The condition is re-evaluated on the text as already edited.
-        if (mark + " " in text or " " + mark in text
-                or _DIGIT_COMMA_DIGIT.search(text) is not None):
+        if mark + " " in original or " " + mark in original or has_number_comma:
             text = text.replace(mark, "")
         else:
             text = text.replace(mark, " ")
-    return _PERIOD_NOT_BEFORE_DIGIT.sub("", text)
+    return _PERIOD_NOT_BEFORE_DIGIT.sub("", text, count=_PERIOD_STRIP_COUNT)
 
 
 def _digits_and_articles(text: str) -> str:
