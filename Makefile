@@ -30,14 +30,14 @@ $(STAMP):
 
 # The main job: DMU demo -> LLaVA trained with each tower (DeepSpeed scripts) -> benchmarks -> report
 demo: venv
-	$(VENV)/bin/eval-mllm chain --out $(DEMO_OUT)
+	$(VENV)/bin/clipmoe-demo chain --out $(DEMO_OUT)
 
 demo-quick: venv
-	$(VENV)/bin/eval-mllm chain --quick --out $(DEMO_OUT)
+	$(VENV)/bin/clipmoe-demo chain --quick --out $(DEMO_OUT)
 
 # The DMU part alone (dense CLIP -> CLIP-MoE and both baselines, zero-shot table)
 dmu-demo: venv
-	$(VENV)/bin/clipmoe demo --out $(DEMO_OUT)/demo
+	$(VENV)/bin/clipmoe-demo encoder --out $(DEMO_OUT)/demo
 
 test: venv legacy-venv
 	$(PY) -m pytest -q tests

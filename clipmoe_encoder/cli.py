@@ -1,4 +1,4 @@
-"""`clipmoe` command line: upcycle, convert-official, info; dmu/demo/eval register themselves."""
+"""`clipmoe` command line: upcycle, convert-official, info; dmu and eval register themselves."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from .errors import CLIPMoEError
 
 # Sub-command modules that add their own parsers: each has register(subparsers).
-_PLUGINS = ("clipmoe_encoder.commands", "clipmoe_encoder.dmu.cli", "clipmoe_encoder.zeroshot.cli", "clipmoe_encoder.demo.cli")
+_PLUGINS = ("clipmoe_encoder.commands", "clipmoe_encoder.dmu.cli", "clipmoe_encoder.zeroshot.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,6 @@
     python -m eval_mllm merge OUT chunk0.jsonl chunk1.jsonl ... [--question-file Q]
     python -m eval_mllm run --model DIR --benchmarks pope,mmbench --data-root DATA --out OUT
     python -m eval_mllm score BENCHMARK ...        (see eval_mllm.score_cli)
-    python -m eval_mllm chain --out DIR [--quick]  (the whole system on the embedded default)
 
 Bad input prints one ``error: ...`` line and exits with status 2.
 """
@@ -14,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .chain import cli as chain
 from .errors import EvalInputError
 from .scorers.common import ScorerInputError, check_output_path
 
@@ -84,7 +82,6 @@ def build_parser():
 
     sub.add_parser("score", help="score answers (python -m eval_mllm score BENCHMARK --help)",
                    add_help=False)
-    chain.register(sub)
     return parser
 
 
@@ -139,7 +136,7 @@ def main(argv=None) -> int:
         return score_cli.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return {"generate": _generate, "merge": _merge, "run": _run, "chain": chain.run_command}[args.command](args)
+        return {"generate": _generate, "merge": _merge, "run": _run}[args.command](args)
     except (EvalInputError, ScorerInputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -2,7 +2,9 @@
 # Launch settings (environment variables):
 #   NUM_GPUS      GPUs per node (default 8)          HOSTFILE     DeepSpeed hostfile for multi-node (default: single node)
 #   MASTER_PORT   rendezvous port (default 29500)   PYTHON       interpreter of the environment (default: python)
-#   CLIPMOE_LLAVA_TINY=1   run on the tiny LLaVA built by `python -m llava_integration.tiny` (CPU, CI)
+#   CLIPMOE_LLAVA_TINY=1   a few fp32 CPU steps on a tiny LLaVA (CI): TINY_ROOT is a folder laid out as
+#     `python -m clipmoe_demo.tiny_llava DIR` writes it (llm/, clipmoe-tower/, images/, pretrain.json,
+#     finetune.json); the caller builds it, these scripts only read it.
 #     tiny-mode overrides (default: the tiny world under TINY_ROOT): TINY_MODEL (LLM or LLaVA checkpoint),
 #     TINY_DATA_PATH, TINY_IMAGE_FOLDER, TINY_OUTPUT_DIR, TINY_BATCH (per device = global, default 4),
 #     TINY_STEPS (--max_steps, default 3), PRETRAIN_DIR_TINY (finetune.sh: stage-1 output or "none")
@@ -22,8 +24,10 @@ HOSTFILE=${HOSTFILE:-}
 if [ "$TINY" = "1" ]; then
     TINY_ROOT=${TINY_ROOT:-${TMPDIR:-/tmp}/clipmoe-tiny-llava}
     # A caller that brings its own LLM and data (TINY_MODEL + TINY_DATA_PATH) needs no tiny world.
-    if [ -z "${TINY_MODEL:-}" ] || [ -z "${TINY_DATA_PATH:-}" ]; then
-        [ -f "$TINY_ROOT/finetune.json" ] || "$PYTHON" -m llava_integration.tiny "$TINY_ROOT" >/dev/null
+    if { [ -z "${TINY_MODEL:-}" ] || [ -z "${TINY_DATA_PATH:-}" ]; } && [ ! -f "$TINY_ROOT/finetune.json" ]; then
+        echo "error: CLIPMOE_LLAVA_TINY=1: TINY_ROOT=$TINY_ROOT holds no tiny LLaVA world (finetune.json);" \
+             "build one with 'python -m clipmoe_demo.tiny_llava $TINY_ROOT', or set TINY_MODEL and TINY_DATA_PATH" >&2
+        exit 2
     fi
     export CLIPMOE_VISION_TOWER=${CLIPMOE_VISION_TOWER:-$TINY_ROOT/clipmoe-tower}
     export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from clipmoe_encoder.demo import world as W
+from clipmoe_demo import world as W
 
 SETTINGS = W.WorldSettings(image_size=32, n_train=12, n_test=6, seed=3)
 

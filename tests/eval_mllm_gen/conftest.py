@@ -1,6 +1,6 @@
 """Tiny LLaVA checkpoints built by code (no download), shared by the generation tests.
 
-* `tiny_llava`: a llava-torch checkpoint with the tiny CLIP-MoE tower of llava_integration.tiny,
+* `tiny_llava`: a llava-torch checkpoint with the tiny CLIP-MoE tower of clipmoe_demo.tiny_llava,
   saved in a directory whose name contains "llava" (LLaVA's builder needs that);
 * `tiny_hf_llava`: the same kind of model as a transformers LlavaForConditionalGeneration with
   a CLIP-MoE vision_config and a LlavaProcessor.
@@ -39,7 +39,7 @@ COLOURS = [(220, 30, 30), (30, 180, 60), (40, 60, 220), (230, 210, 40), (15, 15,
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     import llava_integration
-    from llava_integration.tiny import build_world
+    from clipmoe_demo.tiny_llava import build_world
 
     llava_integration.register()
     return build_world(str(tmp_path_factory.mktemp("world")))
@@ -48,7 +48,7 @@ def tiny_world(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llava(tiny_world, tmp_path_factory):
     """Path of a saved tiny llava-torch checkpoint (CLIP-MoE tower)."""
-    from llava_integration.tiny import build_llava
+    from clipmoe_demo.tiny_llava import build_llava
 
     model, tokenizer = build_llava(tiny_world)
     path = str(tmp_path_factory.mktemp("ckpt") / "llava-tiny-clipmoe")

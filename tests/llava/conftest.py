@@ -8,7 +8,7 @@ import torch
 def world(tmp_path_factory):
     """The tiny LLaVA world (tokenizer, Llama, CLIP-MoE tower, images, data), built once."""
     import llava_integration
-    from llava_integration import tiny
+    from clipmoe_demo import tiny_llava as tiny
 
     llava_integration.register()
     return tiny.build_world(str(tmp_path_factory.mktemp("tiny-llava")))
@@ -16,7 +16,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture
 def llava(world):
-    from llava_integration import tiny
+    from clipmoe_demo import tiny_llava as tiny
 
     return tiny.build_llava(world)
 

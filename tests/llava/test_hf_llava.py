@@ -95,7 +95,7 @@ def test_processor_must_fit_the_tower(world):
 
 
 def test_converted_llava_checkpoint_gives_the_same_logits(world, tmp_path):
-    from llava_integration import tiny
+    from clipmoe_demo import tiny_llava as tiny
     from llava_integration.convert import convert_checkpoint, load_llava_checkpoint
 
     model, tokenizer = tiny.build_llava(world, mm_vision_moe_tune="routers")

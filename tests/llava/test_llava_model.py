@@ -16,7 +16,7 @@ def test_builder_dispatch(world, tmp_path):
     from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-    from llava_integration.tiny import llava_model_args
+    from clipmoe_demo.tiny_llava import llava_model_args
 
     assert isinstance(build_vision_tower(llava_model_args("clipmoe:" + world.tower)), CLIPMoEVisionTower)
     assert isinstance(build_vision_tower(llava_model_args(world.tower)), CLIPMoEVisionTower)  # CLIP-MoE directory
@@ -32,7 +32,7 @@ def test_builder_dispatch(world, tmp_path):
 def test_trained_routers_survive_save_and_load_pretrained_model(world, tmp_path):
     from llava.model.builder import load_pretrained_model
 
-    from llava_integration import tiny
+    from clipmoe_demo import tiny_llava as tiny
 
     model, tokenizer = tiny.build_llava(world, mm_vision_moe_tune="routers")
     routers = seeded_routers(model)
@@ -88,7 +88,7 @@ def test_greedy_generate_with_kv_cache_matches_loop_without_cache(world, llava):
 
 
 def test_aux_loss_only_in_training(world):
-    from llava_integration import tiny
+    from clipmoe_demo import tiny_llava as tiny
 
     model, tokenizer = tiny.build_llava(world, mm_vision_moe_tune="routers")
     ids = prompt_ids(tokenizer)

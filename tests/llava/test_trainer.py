@@ -8,7 +8,7 @@ pytestmark = pytest.mark.legacy
 
 
 def test_routers_get_their_own_learning_rate(world, tmp_path):
-    from llava_integration import tiny
+    from clipmoe_demo import tiny_llava as tiny
     from llava_integration.train import prepare
 
     llava_train = prepare()

@@ -22,10 +22,10 @@ import os
 import random
 from collections import Counter
 
-from clipmoe_encoder.demo import world as W
-
 # The MMBench instruction exactly as eval_mllm.questions appends it (and LLaVA's model_vqa_mmbench).
-from ..questions import MC_INSTRUCTION
+from eval_mllm.questions import MC_INSTRUCTION
+
+from .. import world as W
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA's GQA/POPE eval prompt
 MC_LETTERS = "ABCD"

@@ -1,15 +1,16 @@
-"""`python -m eval_mllm.chain --out DIR --quick` end to end, once: DMU demo, both LLaVA runs through
-the DeepSpeed scripts, the three benchmarks, the report."""
+"""`clipmoe-demo chain --out DIR --quick` end to end, once: DMU demo, both LLaVA runs through
+the DeepSpeed scripts, the three benchmarks, the report. Its times go into the report, never into
+an assertion (they depend on the machine and its load)."""
 
 import json
 import math
 import os
 import re
-import time
 
 import pytest
 
-from eval_mllm.chain import cli
+from clipmoe_demo import cli
+from clipmoe_demo.chain.run import run_chain
 
 pytestmark = pytest.mark.slow
 
@@ -19,26 +20,23 @@ RUN_ROWS = ("LLaVA + dense CLIP tower", "LLaVA + CLIP-MoE tower")
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("chain") / "quick")
-    start = time.perf_counter()
-    code = cli.main(["--out", out, "--quick"])
-    seconds = time.perf_counter() - start
+    code = cli.main(["chain", "--out", out, "--quick"])
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
     with open(os.path.join(out, "report.md")) as f:
         report = f.read()
-    return out, code, seconds, results, report
+    return out, code, results, report
 
 
-def test_finishes_under_five_minutes(chain):
-    _, code, seconds, results, _ = chain
-    print(f"quick chain: {seconds:.1f} s")
+def test_finishes_and_reports_its_time(chain):
+    _, code, results, report = chain
     assert code == 0
-    assert seconds < 300
-    assert results["total_seconds"] < 300
+    assert results["total_seconds"] > 0 and all(seconds > 0 for seconds in results["timings"].values())
+    assert f"**{results['total_seconds']:.1f}**" in report  # the time per stage table
 
 
 def test_report_has_both_llava_runs_with_chance_levels(chain):
-    out, _, _, _, report = chain
+    out, _, _, report = chain
     table = [line for line in report.splitlines() if line.startswith("| ")]
     header = next(line for line in table if line.startswith("| benchmark"))
     assert "| chance |" in header and all(label in header for label in RUN_ROWS)
@@ -54,7 +52,7 @@ def test_report_has_both_llava_runs_with_chance_levels(chain):
 
 
 def test_every_question_answered_and_scored(chain):
-    _, _, _, results, _ = chain
+    _, _, results, _ = chain
     for run in ("dense", "clip-moe"):
         scores = results["scores"][run]
         for name in ("pope", "gqa", "mmbench"):
@@ -62,7 +60,7 @@ def test_every_question_answered_and_scored(chain):
 
 
 def test_both_runs_trained_with_finite_losses_and_the_same_budget(chain):
-    _, _, _, results, _ = chain
+    _, _, results, _ = chain
     runs = results["runs"]
     assert runs["dense"]["steps"] == runs["clip-moe"]["steps"]
     assert runs["dense"]["tower"] != runs["clip-moe"]["tower"] and runs["clip-moe"]["tower"].startswith("clipmoe:")
@@ -79,8 +77,8 @@ def test_both_runs_trained_with_finite_losses_and_the_same_budget(chain):
 
 
 def test_rerun_reuses_finished_stages_and_gives_the_same_scores(chain):
-    out, _, _, results, _ = chain
-    again = cli.run_chain(out, quick=True, log=lambda *a: None)
+    out, _, results, _ = chain
+    again = run_chain(out, quick=True, log=lambda *a: None)
     for run in again["runs"].values():
         assert run["reused"] == {"stage1": True, "stage2": True}
     assert again["scores"] == results["scores"]

@@ -13,8 +13,8 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from clipmoe_encoder.demo import world as W
-from eval_mllm.chain import data as D
+from clipmoe_demo import world as W
+from clipmoe_demo.chain import data as D
 from eval_mllm.questions import read_questions
 from eval_mllm.scorers import gqa, mmbench, pope
 
@@ -163,7 +163,7 @@ def test_training_conversations_pass_llava_label_masking(world, tmp_path):
     from llava.train import train as T
     from transformers import AutoTokenizer
 
-    from eval_mllm.chain import language_model, llava_runs
+    from clipmoe_demo.chain import language_model, llava_runs
 
     plan = llava_runs.make_plan(quick=True)
     paths = D.write_training_data(world, str(tmp_path / "data"), n_train=40)

@@ -1,4 +1,4 @@
-"""`python -m eval_mllm.chain --out DIR [--quick]`: the whole system on the embedded default.
+"""`clipmoe-demo chain --out DIR [--quick]`: the whole system on the embedded default.
 
 DMU demo (dense CLIP -> CLIP-MoE, zero-shot table) -> the two towers -> a small LLM trained on
 the world's text -> a small LLaVA trained twice through the DeepSpeed scripts (dense tower, CLIP-MoE tower) -> POPE/GQA/MMBench-style
@@ -7,14 +7,12 @@ benchmarks on held-out scenes -> DIR/report.md. Quick mode: toy sizes, under 5 m
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
 
 
 def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
-    from clipmoe_encoder.demo.run import run_demo
+    from ..encoder.run import run_demo
 
     from . import data, language_model, llava_runs, report
 
@@ -57,32 +55,3 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
     log(f"[chain] total {summary['total_seconds']:.1f} s (with the demo's recorded stage times: "
         f"{report.chain_seconds(summary):.1f} s); report: {path}")
     return summary
-
-
-def _add_arguments(p) -> None:
-    p.add_argument("--out", required=True, help="output directory (demo/, llava/, benchmarks/, report.md)")
-    p.add_argument("--quick", action="store_true", help="toy sizes (under 5 minutes on 2 cores), for tests and CI")
-
-
-def register(subparsers) -> None:
-    """Add the `chain` sub-command to eval_mllm's command line."""
-    p = subparsers.add_parser("chain", help="DMU demo -> LLaVA (dense vs CLIP-MoE tower) -> benchmarks -> report",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_arguments(p)
-    p.set_defaults(func=run_command)
-
-
-def run_command(args) -> int:
-    run_chain(args.out, quick=args.quick)
-    return 0
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval_mllm.chain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_arguments(p)
-    return run_command(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

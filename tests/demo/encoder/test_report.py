@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from clipmoe_encoder.demo import report as R
-from clipmoe_encoder.demo import world as W
-from clipmoe_encoder.demo.base import QUICK, write_base_init
-from clipmoe_encoder.demo.run import (
+from clipmoe_demo.encoder import report as R
+from clipmoe_demo import world as W
+from clipmoe_demo.encoder.base import QUICK, write_base_init
+from clipmoe_demo.encoder.run import (
     Stages,
     chance_levels,
     evaluate_model,

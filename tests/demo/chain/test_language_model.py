@@ -7,10 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from clipmoe_encoder.demo import world as W
-from eval_mllm.chain import data as D
-from eval_mllm.chain import language_model as L
-from eval_mllm.chain import llava_runs
+from clipmoe_demo import world as W
+from clipmoe_demo.chain import data as D
+from clipmoe_demo.chain import language_model as L
+from clipmoe_demo.chain import llava_runs
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import re
 import torch
 from transformers import AutoTokenizer, CLIPModel
 
-from clipmoe_encoder.demo import world as W
-from clipmoe_encoder.demo.base import QUICK, clip_config
-from clipmoe_encoder.demo.tokenizer import build_tokenizer
+from clipmoe_demo import world as W
+from clipmoe_demo.encoder.base import QUICK, clip_config
+from clipmoe_demo.tokenizer import build_tokenizer
 
 SETTINGS = W.WorldSettings(image_size=32, seed=5)
 

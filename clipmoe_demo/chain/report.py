@@ -131,9 +131,9 @@ def read_log_history(stage_dir: str) -> list[dict]:
 def plot_llava_losses(curves: dict[str, dict[str, list[dict]]], path: str, lm_history: list[dict] | None = None) -> str:
     """curves: {run: {stage: rows}}; one panel per stage, one line per run; first, the shared
     language model's text-only training (lm_history), when given."""
-    from clipmoe_encoder.demo.report import _pyplot
+    from ..plotting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     panels = [("language model (text only)", {"shared LLM": lm_history})] if lm_history else []
     for stage in sorted({s for per_run in curves.values() for s in per_run}):
         panels.append((f"LLaVA {stage}", {RUN_LABELS.get(run, run): per_run.get(stage, []) for run, per_run in curves.items()}))
@@ -181,7 +181,7 @@ def write_report(out_dir: str, summary: dict) -> str:
 
 
 def markdown(out_dir: str, summary: dict, loss_figure: str) -> str:
-    from clipmoe_encoder.demo.report import results_table
+    from ..encoder.report import results_table
 
     from .llava_runs import display
 

@@ -11,7 +11,7 @@ The tokenizer is a sentencepiece BPE with byte_fallback trained on text that con
 vicuna_v1 template: a tokenizer that emits <unk> makes LLaVA's v1 preprocessing report a
 "tokenization mismatch" and mask every label (loss 0).
 
-    python -m llava_integration.tiny OUT_DIR      # prints the paths as shell variables
+    python -m clipmoe_demo.tiny_llava OUT_DIR      # prints the paths as shell variables
 """
 
 from __future__ import annotations

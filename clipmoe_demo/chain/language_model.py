@@ -101,7 +101,7 @@ def train_language_model(model_dir: str, texts: list[str], steps: int, batch: in
 def build_untrained(out_dir: str, data_paths: dict, plan) -> None:
     """The sentencepiece BPE learned from the conversations (vicuna_v1 layout) and a randomly
     initialised Llama of the plan's sizes on it, saved in out_dir."""
-    from llava_integration import tiny
+    from .. import tiny_llava as tiny
 
     records = []
     for name in ("pretrain", "finetune"):

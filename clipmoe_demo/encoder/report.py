@@ -12,21 +12,14 @@ import os
 
 import numpy as np
 
+from ..plotting import pyplot
+
 METRIC_COLUMNS = (
     ("i2t_r1", "I→T R@1"), ("i2t_r5", "I→T R@5"), ("i2t_r10", "I→T R@10"),
     ("t2i_r1", "T→I R@1"), ("t2i_r5", "T→I R@5"), ("t2i_r10", "T→I R@10"),
     ("shape_top1", "shape top-1"), ("colour_top1", "colour top-1"),
 )
 MODEL_LABELS = {"base": "dense base", "direct-ft": "direct fine-tune", "upcycling": "sparse upcycling", "clip-moe": "CLIP-MoE (DMU)"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,7 +52,7 @@ def read_loss_logs(out_dir: str) -> dict[str, list[dict]]:
 def plot_loss_curves(logs: dict[str, list[dict]], path: str) -> str | None:
     if not logs:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     n = len(logs)
     cols = min(3, n)
     rows = (n + cols - 1) // cols
@@ -103,7 +96,7 @@ def routing_matrices(stats: dict) -> dict[str, dict[str, np.ndarray]]:
 def plot_routing(matrices: dict[str, dict[str, np.ndarray]], title: str, path: str) -> str | None:
     if not matrices:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     towers = list(matrices)
     fig, axes = plt.subplots(len(towers), 2, figsize=(8.0, 1.2 + 0.55 * max(m["first"].shape[0] for m in matrices.values()) * len(towers)),
                              squeeze=False)

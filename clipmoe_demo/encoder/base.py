@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-from .tokenizer import build_tokenizer, special_ids
+from ..tokenizer import build_tokenizer, special_ids
 
 
 @dataclass

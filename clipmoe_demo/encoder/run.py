@@ -15,8 +15,8 @@ import os
 import time
 from dataclasses import asdict, dataclass
 
-from ..errors import CLIPMoEError
-from . import world as W
+from clipmoe_encoder.errors import CLIPMoEError
+from .. import world as W
 from .base import FULL, QUICK, BaseSize, write_base_init
 
 STAGES_FILE = "stages.json"
@@ -166,7 +166,7 @@ class _EncodedOnce:
 
 
 def evaluate_model(model_dir: str, eval_set: dict) -> dict:
-    from ..zeroshot import evaluate_classification, evaluate_retrieval, load_encoder
+    from clipmoe_encoder.zeroshot import evaluate_classification, evaluate_retrieval, load_encoder
 
     encoder = _EncodedOnce(load_encoder(model_dir), eval_set["images"])
     metrics = dict(evaluate_retrieval(encoder, eval_set["images"], eval_set["captions"]))
@@ -199,7 +199,7 @@ def run_demo(out_dir: str, quick: bool = False, log=print) -> dict:
     base_init = stages.run("base-init", lambda: write_base_init(os.path.join(out_dir, "base_init"), plan.base, W.vocabulary(), plan.seed))
     base_dir = stages.run("base", lambda: _train_base(base_init, train_path, os.path.join(out_dir, "base"), plan))
 
-    from ..dmu.pipeline import DMUSettings, routing_statistics, run_baseline, run_dmu
+    from clipmoe_encoder.dmu.pipeline import DMUSettings, routing_statistics, run_baseline, run_dmu
 
     settings = dataclasses.replace(DMUSettings(), **_dmu_overrides(plan, base_dir))
     models = {"base": base_dir}
@@ -251,7 +251,7 @@ def learned_logit_scale(model_dir: str, ceiling: float = 100.0) -> float:
 
 
 def _train_base(init_dir, train_path, out_dir, plan: DemoPlan) -> str:
-    from ..dmu.trainer import train_contrastive
+    from clipmoe_encoder.dmu.trainer import train_contrastive
 
     # stage_name "base" under DIR: the model lands in DIR/base/model, its log in DIR/base/log.jsonl
     return os.fspath(train_contrastive(init_dir, train_path, os.path.dirname(out_dir), trainable="all",
