@@ -9,9 +9,10 @@ Two inputs:
   ``image`` = "<subtask>/<...>/<name>", ``text``, ``category`` = subtask,
   ``answer`` = Yes/No) and an answers JSONL matched by ``question_id``.
 
-A prediction is lower-cased and stripped; "yes"/"no" are taken as they are,
-otherwise "yes" (then "no") inside its first 4 characters decides, else it is
-"other" and counts as wrong.  Per subtask: acc = correct/total*100, acc+ =
+A prediction is lower-cased (not stripped: the official tool reads it with
+its line's newline); "yes"/"no" are taken as they are, otherwise "yes" (then
+"no") inside its first 4 characters decides, else it is "other" and counts
+as wrong (so "  yes" with two leading spaces is "other", as officially).  Per subtask: acc = correct/total*100, acc+ =
 percentage of images whose questions (two per image) are all correct, score =
 acc + acc+.  Perception sums the 10 perception subtasks (max 2000), cognition
 the 4 cognition subtasks (max 800).  The official tool pairs consecutive lines
@@ -38,7 +39,7 @@ SUBTASKS = PERCEPTION + COGNITION
 
 def parse_yes_no(text: str) -> str:
     """The official reading of a prediction: "yes", "no" or "other"."""
-    text = text.lower().strip()
+    text = text.lower()
     if text in ("yes", "no"):
         return text
     if "yes" in text[:4]:

@@ -1,6 +1,7 @@
 """VizWiz-VQA: local soft accuracy on val and the test-server submission file.
 
-Same VQA soft accuracy and EvalAI normalisation as VQAv2 (``vqav2.py``).
+Same VQA soft accuracy and EvalAI normalisation as VQAv2 (``vqav2.py``: the official VQA
+evaluation, which the VizWiz evaluation reuses, of the answer LLaVA submits).
 
 VizWiz has no numeric question ids: an image has one question, and LLaVA's
 question file uses the image file name as ``question_id``.  Inputs:

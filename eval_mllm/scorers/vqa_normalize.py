@@ -91,7 +91,8 @@ def _tokenize(text: str) -> str:
 _PERIOD_STRIP_COUNT = 32
 
 
-def _strip_punctuation(text: str) -> str:
+def strip_punctuation(text: str) -> str:
+    """Step 2 (the VQA evaluation's ``processPunctuation``)."""
     # The condition looks at the text as it came in, never at the edits of earlier marks.
     original = text
     has_number_comma = _DIGIT_COMMA_DIGIT.search(original) is not None
@@ -103,7 +104,8 @@ def _strip_punctuation(text: str) -> str:
     return _PERIOD_NOT_BEFORE_DIGIT.sub("", text, count=_PERIOD_STRIP_COUNT)
 
 
-def _digits_and_articles(text: str) -> str:
+def digits_and_articles(text: str) -> str:
+    """Step 3 (the VQA evaluation's ``processDigitArticle``)."""
     words = []
     for word in text.lower().split():
         word = NUMBER_WORDS.get(word, word)
@@ -115,4 +117,4 @@ def _digits_and_articles(text: str) -> str:
 
 def normalize_answer(text: str) -> str:
     """The EvalAI/VQA normal form of an answer string."""
-    return _digits_and_articles(_strip_punctuation(_tokenize(text)))
+    return digits_and_articles(strip_punctuation(_tokenize(text)))

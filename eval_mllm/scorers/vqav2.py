@@ -1,11 +1,17 @@
 """VQAv2: local soft accuracy on val and the test-server submission file.
 
-Accuracy (the VQA metric, as in the official evaluation and LLaVA's
-m4c_evaluator): the prediction and all ground-truth answers are put in the
-EvalAI normal form (``vqa_normalize``); for each of the n (10) ground-truth
-answers, acc_i = min(1, #(the other n-1 answers equal to the prediction) / 3);
-the question's score is the mean of acc_i.  Reported in percent, overall
-and per ``answer_type``.
+Accuracy: what the official VQA evaluation (``vqaEval.py``, run by the
+EvalAI server) gives for the answer LLaVA submits.  LLaVA's submission holds
+the prediction in the EvalAI normal form (``vqa_normalize``); the official
+evaluation then (1) turns newlines/tabs into spaces, strips, and applies
+its punctuation and digit/article steps to that answer; (2) applies the
+punctuation step (only) to the ground-truth answers, and only when they are
+not all identical; (3) for each of the n (10) ground-truth answers, acc_i =
+min(1, #(the other n-1 answers equal to the answer) / 3); the question's
+score is the mean of acc_i.  Reported in percent, overall and per
+``answer_type``.  (TextVQA's m4c rule, ``vqa_accuracy``, normalises every
+ground-truth answer fully; the two differ only on ground truth that is not
+already in normal form.)
 
 Inputs: ``--result-file`` (answers JSONL, question ids = VQAv2 question ids),
 ``--annotation-file`` (official ``v2_mscoco_val2014_annotations.json``) for
@@ -31,20 +37,33 @@ from .common import (
     read_questions,
     write_json,
 )
-from .vqa_normalize import normalize_answer
+from .vqa_normalize import digits_and_articles, normalize_answer, strip_punctuation
 
 BENCHMARK = "vqav2"
 
 
-def vqa_accuracy(prediction: str, gt_answers) -> float:
-    """VQA soft accuracy (0..1) of one prediction against n ground-truth answers."""
-    pred = normalize_answer(prediction)
-    gts = [normalize_answer(a) for a in gt_answers]
+def _soft_accuracy(answer, gts):
     accs = []
     for i in range(len(gts)):
-        matches = sum(1 for j, gt in enumerate(gts) if j != i and gt == pred)
+        matches = sum(1 for j, gt in enumerate(gts) if j != i and gt == answer)
         accs.append(min(1.0, matches / 3))
     return sum(accs) / len(accs)
+
+
+def official_vqa_accuracy(prediction: str, gt_answers) -> float:
+    """The official VQA evaluation's accuracy (0..1) of the answer LLaVA submits."""
+    answer = normalize_answer(prediction).replace("\n", " ").replace("\t", " ").strip()
+    answer = digits_and_articles(strip_punctuation(answer))
+    gts = list(gt_answers)
+    if len(set(gts)) > 1:
+        gts = [strip_punctuation(gt) for gt in gts]
+    return _soft_accuracy(answer, gts)
+
+
+def vqa_accuracy(prediction: str, gt_answers) -> float:
+    """VQA soft accuracy (0..1), TextVQA's m4c rule: prediction and every ground-truth answer
+    in the EvalAI normal form, then the leave-one-out soft score."""
+    return _soft_accuracy(normalize_answer(prediction), [normalize_answer(a) for a in gt_answers])
 
 
 def score_questions(answers, gt_of, type_of):
@@ -56,7 +75,7 @@ def score_questions(answers, gt_of, type_of):
     per_type = defaultdict(list)
     scores = []
     for key, record in answers.by_key.items():
-        acc = vqa_accuracy(record["text"], gt_of[key])
+        acc = official_vqa_accuracy(record["text"], gt_of[key])
         scores.append(acc)
         if type_of.get(key) is not None:
             per_type[type_of[key]].append(acc)
