@@ -5,7 +5,8 @@
     python -m eval_mllm run --model DIR --benchmarks pope,mmbench --data-root DATA --out OUT
     python -m eval_mllm score BENCHMARK ...        (see eval_mllm.score_cli)
 
-Bad input prints one ``error: ...`` line and exits with status 2.
+Bad input prints one ``error: ...`` line and exits with status 2; ``--debug`` (anywhere on
+the line) or ``EVAL_MLLM_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import EvalInputError
-from .scorers.common import ScorerInputError, check_output_path
+from .errors import DEBUG_ENV, pop_debug_flag, run_command
+from .scorers.common import check_output_path
 
 
 def _add_question_args(p):
@@ -47,6 +48,9 @@ def _add_model_args(p, model_flag="--model-path"):
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m eval_mllm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Taken out of argv before parsing (pop_debug_flag), so it may stand anywhere; here for --help.
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of a bad input (also ${DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="answer a question file (LLaVA model_vqa_loader format)")
@@ -129,17 +133,14 @@ def _run(args):
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv, debug = pop_debug_flag(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "score":
         from . import score_cli
 
-        return score_cli.main(argv[1:])
+        return score_cli.main(argv[1:], debug)
     args = build_parser().parse_args(argv)
-    try:
-        return {"generate": _generate, "merge": _merge, "run": _run}[args.command](args)
-    except (EvalInputError, ScorerInputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    command = {"generate": _generate, "merge": _merge, "run": _run}[args.command]
+    return run_command(lambda: command(args), debug)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 
 Human-readable metric lines go to stdout, warnings to stderr; with ``--json``
 the last stdout line is one JSON object of the metrics.  Bad input prints one
-``error: ...`` line to stderr and exits with status 2.
+``error: ...`` line to stderr and exits with status 2 (``--debug``: the traceback).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 
+from .errors import DEBUG_ENV, pop_debug_flag, run_command
 from .scorers import SCORERS
 from .scorers.common import ScorerInputError, check_output_path, emit
 
@@ -28,6 +29,9 @@ def _add_benchmarks(parser):
         p = sub.add_parser(name, help=_summary(scorer), description=scorer.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         scorer.add_arguments(p)
+        if "--submission-out" in p._option_string_actions:
+            p.add_argument("--overwrite", action="store_true",
+                           help="replace an existing non-empty --submission-out (default: refuse)")
         p.add_argument("--json", action="store_true",
                        help="print the metrics as one JSON object on the last line")
         p.set_defaults(func=run)
@@ -46,7 +50,8 @@ def build_parser(subparsers):
 
 
 def _check_outputs(args):
-    """Outputs are checked before any file is scored: writable, and not one of the inputs."""
+    """Outputs are checked before any file is scored: writable, not one of the inputs, and
+    not a file holding something unless --overwrite."""
     out = getattr(args, "submission_out", None)
     if not out:
         return
@@ -56,33 +61,40 @@ def _check_outputs(args):
                 and os.path.exists(out) and os.path.samefile(value, out):
             raise ScorerInputError(f"--submission-out {out}: is the input --{name.replace('_', '-')}"
                                    "; give another path (inputs are never overwritten)")
+    if os.path.isfile(out) and os.path.getsize(out) and not args.overwrite:
+        raise ScorerInputError(f"--submission-out {out}: exists; pass --overwrite to replace it, "
+                               "or choose another path")
 
 
-def run(args) -> int:
-    """Score ``args.benchmark`` and print the result; returns the exit code."""
-    try:
-        _check_outputs(args)
-        metrics = SCORERS[args.benchmark].from_args(args)
-        if metrics.get("n_scored") == 0:  # backstop: never print null scores with exit 0
-            raise ScorerInputError(f"{args.benchmark}: nothing was scored ("
-                                   f"{metrics.get('n_missing', 0)} question(s) without a complete "
-                                   f"answer, dropped: {metrics.get('dropped', {})})")
-    except ScorerInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def _score(args) -> int:
+    _check_outputs(args)
+    metrics = SCORERS[args.benchmark].from_args(args)
+    if metrics.get("n_scored") == 0:  # backstop: never print null scores with exit 0
+        raise ScorerInputError(f"{args.benchmark}: nothing was scored ("
+                               f"{metrics.get('n_missing', 0)} question(s) without a complete "
+                               f"answer, dropped: {metrics.get('dropped', {})})")
     emit(metrics, as_json=args.json)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(args, debug=False) -> int:
+    """Score ``args.benchmark`` and print the result; returns the exit code (bad input: one
+    ``error:`` line and 2, through the same path as every eval_mllm command)."""
+    return run_command(lambda: _score(args), debug)
+
+
+def main(argv: list[str] | None = None, debug=False) -> int:
+    argv, flag = pop_debug_flag(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m eval_mllm score", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of a bad input (also ${DEBUG_ENV}=1)")
     _add_benchmarks(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse errors and --help
         return exc.code if isinstance(exc.code, int) else 0
-    return run(args)
+    return run(args, debug or flag)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ Conventions used by every scorer:
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import os
@@ -95,16 +96,29 @@ def check_fields(record, fields, path, where):
                 f"{path}: {where}: field '{name}' must be {_type_name(types)}, got {got}")
 
 
-def _not_utf8(path, exc):
-    return ScorerInputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+def _not_utf8(path):
+    """The error for a file that is not UTF-8, naming the line and byte of its first bad byte
+    (a text reader decodes in chunks, so its own offsets do not say where)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        return ScorerInputError(f"{path}: line {line}: not UTF-8 text ({exc.reason} at byte "
+                                f"{column} of the line); save it as UTF-8")
+    return ScorerInputError(f"{path}: not UTF-8 text")
 
 
 def _read_text(path):
     with _open_text(path) as f:
         try:
             return f.read()
-        except UnicodeDecodeError as exc:
-            raise _not_utf8(path, exc) from None
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
 
 
 def _parse_json(text, path):
@@ -119,8 +133,11 @@ def read_json(path):
     return _parse_json(_read_text(path), path)
 
 
-def read_jsonl(path, fields=None, allow_truncated=True):
+def read_jsonl(path, fields=None, allow_truncated=True, check=None):
     """Read a JSON-lines file.
+
+    ``check(record, where)``, when given, is called on every record after its fields are
+    checked, with ``where`` = "line N", to refuse a bad value in the place it stands.
 
     Returns ``(records, n_truncated, warnings)``.  A last line that is not valid
     JSON is what a writer killed mid-line leaves behind: with
@@ -147,6 +164,8 @@ def read_jsonl(path, fields=None, allow_truncated=True):
                 + (" (only a truncated last line is tolerated)" if allow_truncated else "")
             ) from None
         check_fields(record, fields or {}, path, f"line {lineno}")
+        if check is not None:
+            check(record, f"line {lineno}")
         records.append(record)
     return records, n_truncated, warnings
 
@@ -196,8 +215,8 @@ def read_table(path, columns=()):
                 if name not in header:
                     raise ScorerInputError(f"{path}: line 1: missing column '{name}'")
             return list(reader)
-        except UnicodeDecodeError as exc:
-            raise _not_utf8(path, exc) from None
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
         except csv.Error as exc:
             raise ScorerInputError(f"{path}: line {reader.line_num}: {exc}") from None
 
@@ -256,9 +275,10 @@ class Answers:
         }
 
 
-def read_answers(path):
-    """The answer records of an answers JSONL: ``(records, n_truncated, warnings)``."""
-    return read_jsonl(path, ANSWER_FIELDS)
+def read_answers(path, check=None):
+    """The answer records of an answers JSONL: ``(records, n_truncated, warnings)``;
+    ``check`` as in ``read_jsonl``."""
+    return read_jsonl(path, ANSWER_FIELDS, check=check)
 
 
 def _nothing_scorable(records, question_keys, n_truncated, key_of, path):
@@ -378,7 +398,8 @@ def emit(metrics, as_json=False, out=None, err=None):
 
 def check_output_path(path, flag):
     """Fail early (before any scoring) when ``path`` cannot be written: a folder, a file
-    below a file, or a folder we may not write to.  Reads nothing; creates nothing."""
+    below a file, or a folder we may not write to (checked by making and removing a probe
+    file there: permission bits do not tell root about a read-only file system)."""
     if not path:
         return
     if os.path.isdir(path):
@@ -389,9 +410,14 @@ def check_output_path(path, flag):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         raise ScorerInputError(f"{flag} {path}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK) or (
-            os.path.exists(path) and not os.access(path, os.W_OK)):
+    if os.path.exists(path) and not os.access(path, os.W_OK):
         raise ScorerInputError(f"{flag} {path}: not writable (permission denied)")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-probe.", dir=probe)
+    except OSError as exc:
+        raise ScorerInputError(f"{flag} {path}: cannot create a file in {probe} ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def write_atomic(path, write, flag="output"):

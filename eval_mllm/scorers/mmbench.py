@@ -80,9 +80,28 @@ def picked_index(text: str, shown_options):
     return hits[0] if len(hits) == 1 else None
 
 
+def round_field(record) -> str:
+    return "round_idx" if "round_idx" in record and "round_id" not in record else "round_id"
+
+
 def round_of(record):
-    value = record.get("round_id", record.get("round_idx", 0))
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """The answer's round (0 when it has none: a single pass); ``check_round`` vouches for it."""
+    return record.get(round_field(record), 0)
+
+
+def check_round(record, where, path, n_options):
+    """Refuse an answer whose round is not 0 .. n_options - 1 of its question, naming the line
+    and question id: one bad round would otherwise switch the whole file to circular
+    evaluation, or hide its answer among the unknown questions. ``n_options`` is None for an
+    answer to a question not in the TSV (counted as unknown, any round >= 0 accepted)."""
+    value = record.get(round_field(record), 0)
+    valid = isinstance(value, int) and not isinstance(value, bool) and value >= 0 and (
+        n_options is None or value < n_options)
+    if not valid:
+        allowed = ("an integer >= 0" if n_options is None else
+                   f"0 to {n_options - 1} (the question has {n_options} options)")
+        raise ScorerInputError(f"{path}: {where}: question_id {record['question_id']!r}: field "
+                               f"'{round_field(record)}' must be {allowed}, got {value!r}")
 
 
 def is_round_correct(text, options, round_idx, gt_index):
@@ -123,8 +142,12 @@ def score(question_file, result_file, submission_out=None):
                                    "one of the question's option letters")
         questions[key] = (options, None if gt is None else LETTERS.index(gt), row)
 
-    records, n_truncated, warnings = read_answers(result_file)
-    circular = any((round_of(r) or 0) > 0 for r in records)
+    def check(record, where):
+        question = questions.get(qid_key(record["question_id"]))
+        check_round(record, where, result_file, len(question[0]) if question else None)
+
+    records, n_truncated, warnings = read_answers(result_file, check)
+    circular = any(round_of(r) > 0 for r in records)
     expected = [(key, r) for key, (options, _, _) in questions.items()
                 for r in range(len(options) if circular else 1)]
     answers = match_answers(records, expected,

@@ -85,8 +85,9 @@ def test_shuffled_answers_same_result(qfile, tmp_path, h):
 
 
 def test_truncated_missing_duplicate_unknown(qfile, tmp_path, h):
-    # drop round 3 of question 12; repeat (10, 0); round 5 of 11 and question 99 are unknown
-    triples = CIRCULAR[:-1] + [(10, 0, "C"), (11, 5, "A"), (99, 0, "A")]
+    # drop round 3 of question 12; repeat (10, 0); question 99 (rounds 5 and 0) is unknown
+    # (a round out of range for a known question is an error: test_bad_inputs.py)
+    triples = CIRCULAR[:-1] + [(10, 0, "C"), (99, 5, "A"), (99, 0, "A")]
     m = mmbench.score(qfile, write_answers(tmp_path / "a.jsonl", h, triples, h.TRUNCATED_TAIL))
     assert (m["n_scored"], m["n_missing"], m["n_partial"], m["n_duplicates"], m["n_unknown"],
             m["n_truncated_lines"]) == (2, 1, 1, 1, 2, 1)
