@@ -14,8 +14,9 @@ from .errors import CLIPMoEError
 
 MOE_FIELDS = (
     "num_experts", "num_experts_per_tok", "moe_layers", "normalize_top_k", "router_jitter", "expert_dropout",
-    "router_aux_loss_coef", "router_z_loss_coef",
+    "router_aux_loss_coef", "router_aux_loss_count", "router_z_loss_coef",
 )
+AUX_LOSS_COUNTS = ("top_k", "top1")  # what counts in the balance loss's f (moe.load_balancing_loss)
 
 
 def resolve_moe_layers(moe_layers, num_hidden_layers: int) -> list[int]:
@@ -65,6 +66,7 @@ class _MoETowerConfig(PretrainedConfig):
         router_jitter=0.0,
         expert_dropout=0.0,
         router_aux_loss_coef=0.01,
+        router_aux_loss_count="top1",
         router_z_loss_coef=0.0,
         **kwargs,
     ):
@@ -85,6 +87,10 @@ class _MoETowerConfig(PretrainedConfig):
         self.router_jitter = router_jitter
         self.expert_dropout = expert_dropout
         self.router_aux_loss_coef = router_aux_loss_coef
+        # which choices count in the balance loss's f (see moe.load_balancing_loss): "top1" (Switch,
+        # 1 at balance) is the default so that configs saved before the field load unchanged;
+        # "top_k" is the official code's count (k at balance), DMU's default
+        self.router_aux_loss_count = router_aux_loss_count
         self.router_z_loss_coef = router_z_loss_coef
         super().__init__(**kwargs)
         self.validate_moe()
@@ -99,6 +105,8 @@ class _MoETowerConfig(PretrainedConfig):
             raise CLIPMoEError(
                 f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads={self.num_attention_heads}"
             )
+        if self.router_aux_loss_count not in AUX_LOSS_COUNTS:
+            raise CLIPMoEError(f"router_aux_loss_count must be one of {AUX_LOSS_COUNTS}, got {self.router_aux_loss_count!r}")
         resolve_moe_layers(self.moe_layers, self.num_hidden_layers)
 
     @property

@@ -20,7 +20,7 @@ from transformers.utils import ModelOutput
 from .checkpoint_io import check_moe_directory, check_weight_shapes, looks_local
 from .configuration import CLIPMoEConfig, CLIPMoETextConfig, CLIPMoEVisionConfig
 from .errors import CLIPMoEError
-from .moe import MoEFeedForward, StackedExperts, TopKRouter, activation_fn, load_balancing_loss, router_z_loss
+from .moe import MoEFeedForward, RoutingStats, StackedExperts, TopKRouter, activation, aux_losses, routing_stats
 
 try:  # transformers >= 5: initialisers that leave already-loaded tensors alone
     from transformers import initialization as _init
@@ -37,6 +37,7 @@ class CLIPMoETowerOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     router_logits: tuple[torch.FloatTensor, ...] | None = None
+    routing_stats: tuple[RoutingStats, ...] | None = None
     aux_loss: torch.FloatTensor | None = None
     load_balancing_loss: torch.FloatTensor | None = None
     router_z_loss: torch.FloatTensor | None = None
@@ -97,7 +98,7 @@ class CLIPMoEMLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.act = activation_fn(config.hidden_act)
+        self.act = activation(config.hidden_act)
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
@@ -145,16 +146,6 @@ class CLIPMoEEncoder(nn.Module):
             tuple(attentions) if output_attentions else None,
             tuple(router_logits),
         )
-
-
-def tower_aux_losses(router_logits, token_mask=None):
-    """Per-layer balance and z losses, averaged over the tower's MoE layers."""
-    if not router_logits:
-        zero = torch.zeros((), dtype=torch.float32)
-        return zero, zero
-    lb = torch.stack([load_balancing_loss(r, token_mask) for r in router_logits]).mean()
-    z = torch.stack([router_z_loss(r, token_mask) for r in router_logits]).mean()
-    return lb, z
 
 
 class CLIPMoEVisionTransformer(nn.Module):
@@ -257,10 +248,9 @@ class CLIPMoETextEmbeddings(nn.Module):
 def _tower_output(config, last, pooled, hidden, attentions, router_logits, output_router_logits, token_mask=None):
     out = CLIPMoETowerOutput(last_hidden_state=last, pooler_output=pooled, hidden_states=hidden, attentions=attentions)
     if output_router_logits:
-        lb, z = tower_aux_losses(router_logits, token_mask)
         out.router_logits = router_logits
-        out.load_balancing_loss, out.router_z_loss = lb, z
-        out.aux_loss = config.router_aux_loss_coef * lb + config.router_z_loss_coef * z
+        out.routing_stats = tuple(routing_stats(r, config.num_experts_per_tok, token_mask) for r in router_logits)
+        out.aux_loss, out.load_balancing_loss, out.router_z_loss = aux_losses(out.routing_stats, config)
     return out
 
 
@@ -418,23 +408,13 @@ class CLIPMoEModel(CLIPMoEPreTrainedModel):
             vision_model_output=vision,
         )
         if output_router_logits:
-            out.load_balancing_loss, out.router_z_loss = combined_aux_losses(self.config, vision, text)
-            out.aux_loss = (
-                self.config.vision_config.router_aux_loss_coef * out.load_balancing_loss
-                + self.config.vision_config.router_z_loss_coef * out.router_z_loss
+            # every MoE layer of both towers counts once (the paper's 1/(A+B) sum); one coefficient
+            # source, the vision config's (the two towers are built with the same MoE settings)
+            out.aux_loss, out.load_balancing_loss, out.router_z_loss = aux_losses(
+                vision.routing_stats + text.routing_stats, self.config.vision_config
             )
         if return_loss:
             targets = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
             out.loss = (F.cross_entropy(logits_per_text, targets) + F.cross_entropy(logits_per_text.t(), targets)) / 2
         return out if return_dict is not False else out.to_tuple()
 
-
-def combined_aux_losses(config: CLIPMoEConfig, vision: CLIPMoETowerOutput, text: CLIPMoETowerOutput):
-    """Average over all MoE layers of both towers (the paper's 1/(A+B) sum)."""
-    n_v = len(config.vision_config.moe_layer_indices)
-    n_t = len(config.text_config.moe_layer_indices)
-    if n_v + n_t == 0:
-        return vision.load_balancing_loss, vision.router_z_loss
-    lb = (vision.load_balancing_loss * n_v + text.load_balancing_loss.to(vision.load_balancing_loss.device) * n_t) / (n_v + n_t)
-    z = (vision.router_z_loss * n_v + text.router_z_loss.to(vision.router_z_loss.device) * n_t) / (n_v + n_t)
-    return lb, z

@@ -9,27 +9,25 @@ copy of the tokens per expert: the tokens are gathered once, in expert order.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.activations import ACT2FN
+
+from .configuration import AUX_LOSS_COUNTS
 
 # torch >= 2.10 has a public grouped matmul; on CUDA it runs every expert in one kernel with
 # the group boundaries read on the device, so the forward never waits for the host.
 _HAS_GROUPED_MM = hasattr(F, "grouped_mm")
 
 
-def quick_gelu(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(1.702 * x)
-
-
-def activation_fn(name: str):
-    """The FFN activations CLIP checkpoints use."""
-    if name == "quick_gelu":
-        return quick_gelu
-    if name in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
-        approximate = "none" if name == "gelu" else "tanh"
-        return lambda x: F.gelu(x, approximate=approximate)
-    raise ValueError(f"hidden_act {name!r} is not supported (expected 'quick_gelu' or 'gelu')")
+def activation(name: str):
+    """transformers' activation of that name (what its CLIPMLP uses), with one clear error."""
+    if name not in ACT2FN:
+        raise ValueError(f"hidden_act {name!r} is not one of transformers' activations (CLIP uses 'quick_gelu' or 'gelu')")
+    return ACT2FN[name]
 
 
 class TopKRouter(nn.Module):
@@ -72,7 +70,8 @@ class StackedExperts(nn.Module):
         self.fc1_bias = nn.Parameter(torch.empty(num_experts, intermediate_size))
         self.fc2_weight = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
         self.fc2_bias = nn.Parameter(torch.empty(num_experts, hidden_size))
-        self.act = activation_fn(hidden_act)
+        self.hidden_act = hidden_act
+        self.act = activation(hidden_act)
         self.dropout = dropout
 
     def forward(self, x_sorted: torch.Tensor, expert_ids_sorted: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
@@ -96,7 +95,7 @@ class StackedExperts(nn.Module):
 
     def _looped(self, x, ends):
         sizes = ends.diff(prepend=ends.new_zeros(1)).tolist()
-        if not torch.is_grad_enabled() and self.act is quick_gelu:
+        if not torch.is_grad_enabled() and self.hidden_act == "quick_gelu":
             return self._looped_inference(x, sizes)
         outputs = []
         for e, chunk in enumerate(x.split(sizes)):
@@ -164,31 +163,105 @@ class MoEFeedForward(nn.Module):
         return y[inverse].view(x.shape[0], self.top_k, -1).sum(dim=1).view(shape), logits
 
 
-def _token_weights(router_logits: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
-    if token_mask is None:
-        return router_logits.new_ones(router_logits.shape[0], dtype=torch.float32)
-    return token_mask.reshape(-1).to(torch.float32)
+@dataclass
+class RoutingStats:
+    """What one MoE layer's router did on a batch, as sums over the real tokens (padding excluded),
+    so that statistics of several batches or processes add up. Computed once per layer and forward;
+    the balance and z losses, the DMU global-batch loss and the routing logs all read it.
 
-
-def load_balancing_loss(router_logits: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Switch Transformer balance loss of one MoE layer: E * sum_j f_j * P_j over real tokens.
-
-    f_j is the fraction of tokens whose top-1 expert is j and P_j the mean router probability of
-    expert j (the paper's eq. 7-8); it equals 1 when routing is uniform. Masked tokens (text
-    padding) count in neither.
+    tokens: () number of real tokens. choices: (k, E) how many tokens have expert e as their j-th
+    choice (no gradient). prob_sums: (E,) summed router probabilities. z_sums: () summed
+    logsumexp(logits)^2. entropy_sums: () summed router entropy in nats (no gradient).
     """
-    num_experts = router_logits.shape[-1]
-    w = _token_weights(router_logits, token_mask)
-    denom = w.sum().clamp_min(1.0)
-    probs = torch.softmax(router_logits.float(), dim=-1)
-    top1 = F.one_hot(probs.argmax(dim=-1), num_experts).to(torch.float32)
-    f = (top1 * w[:, None]).sum(0) / denom
-    p = (probs * w[:, None]).sum(0) / denom
-    return num_experts * (f * p).sum()
+
+    tokens: torch.Tensor
+    choices: torch.Tensor
+    prob_sums: torch.Tensor
+    z_sums: torch.Tensor
+    entropy_sums: torch.Tensor
+
+    @property
+    def num_experts(self) -> int:
+        return self.choices.shape[-1]
+
+    def expert_fractions(self, count: str) -> torch.Tensor:
+        """f_j of the balance loss: "top_k" counts every top-k choice (sums to k), "top1" the first only."""
+        if count not in AUX_LOSS_COUNTS:
+            raise ValueError(f"router_aux_loss_count must be one of {AUX_LOSS_COUNTS}, got {count!r}")
+        counted = self.choices.sum(0) if count == "top_k" else self.choices[0]
+        return counted / self.tokens.clamp_min(1.0)
+
+    def mean_probs(self) -> torch.Tensor:
+        return self.prob_sums / self.tokens.clamp_min(1.0)
 
 
-def router_z_loss(router_logits: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+
+def routing_stats(router_logits: torch.Tensor, top_k: int, token_mask: torch.Tensor | None = None) -> RoutingStats:
+    """Statistics of one layer from its router logits (tokens, E); token_mask: 1 = real token."""
+    logits = router_logits.float()
+    if token_mask is None:
+        w = logits.new_ones(logits.shape[0])
+    else:
+        w = token_mask.reshape(-1).to(device=logits.device, dtype=torch.float32)
+    probs = torch.softmax(logits, dim=-1)
+    with torch.no_grad():
+        chosen = F.one_hot(probs.topk(top_k, dim=-1).indices, logits.shape[-1]).to(torch.float32)  # (T, k, E)
+        choices = (chosen * w[:, None, None]).sum(0)
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+        entropy_sums = (entropy * w).sum()
+    z = torch.logsumexp(logits, dim=-1) ** 2
+    return RoutingStats(w.sum(), choices, (probs * w[:, None]).sum(0), (z * w).sum(), entropy_sums)
+
+
+def load_balancing_loss(stats: RoutingStats, count: str = "top1") -> torch.Tensor:
+    """Balance loss of one MoE layer: E * sum_j f_j * P_j, P_j the mean router probability of expert j.
+
+    count="top1" (Switch Transformer, the paper's eq. 7-8): f_j is the fraction of tokens whose first
+    choice is j; the value at perfect balance (uniform routing) is 1.
+    count="top_k" (the official CLIP-MoE code, HF Mixtral's function): f_j counts every top-k choice,
+    so sum_j f_j = k and the value at perfect balance is k.
+    """
+    return stats.num_experts * (stats.expert_fractions(count) * stats.mean_probs()).sum()
+
+
+def router_z_loss(stats: RoutingStats) -> torch.Tensor:
     """ST-MoE z-loss of one layer: mean over real tokens of logsumexp(logits)^2."""
-    w = _token_weights(router_logits, token_mask)
-    z = torch.logsumexp(router_logits.float(), dim=-1) ** 2
-    return (z * w).sum() / w.sum().clamp_min(1.0)
+    return stats.z_sums / stats.tokens.clamp_min(1.0)
+
+
+def aux_losses(stats: list[RoutingStats] | tuple[RoutingStats, ...], config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(aux, balance, z) of several MoE layers: balance and z averaged over the layers (the paper's
+    1/(A+B) sum), aux = config.router_aux_loss_coef * balance + config.router_z_loss_coef * z, with
+    the balance count of config.router_aux_loss_count. Zeros when there is no MoE layer."""
+    if not stats:
+        zero = torch.zeros((), dtype=torch.float32)
+        return zero, zero, zero
+    device = stats[0].prob_sums.device
+    count = getattr(config, "router_aux_loss_count", "top1")
+    balance = torch.stack([load_balancing_loss(s, count).to(device) for s in stats]).mean()
+    z = torch.stack([router_z_loss(s).to(device) for s in stats]).mean()
+    return config.router_aux_loss_coef * balance + config.router_z_loss_coef * z, balance, z
+
+
+def summed_over_processes(stats: list[RoutingStats]) -> list[RoutingStats]:
+    """The statistics of the global batch: every field summed over the processes in one collective,
+    differentiably (the backward sums the gradients back to every rank), so a W-process balance loss
+    is exactly the 1-process one on the same global batch. Unchanged without torch.distributed."""
+    import torch.distributed as dist
+
+    if not stats or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(stats)
+    import torch.distributed.nn.functional as dist_nn
+
+    fields = ("tokens", "choices", "prob_sums", "z_sums", "entropy_sums")
+    parts = [getattr(s, f).float().reshape(-1) for s in stats for f in fields]
+    total = dist_nn.all_reduce(torch.cat(parts))
+    out, start = [], 0
+    for s in stats:
+        values = {}
+        for f in fields:
+            shape = getattr(s, f).shape
+            values[f] = total[start:start + shape.numel()].view(shape)
+            start += shape.numel()
+        out.append(RoutingStats(**values))
+    return out

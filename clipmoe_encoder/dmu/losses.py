@@ -68,37 +68,3 @@ def contrastive_loss(image_embeds, text_embeds, logit_scale, label_smoothing: fl
         logged = logged / global_valid
     return loss, logged
 
-
-def _global_sum(t):
-    """Sum over processes, differentiable (the backward sums the gradients back to every rank)."""
-    return dist_nn.all_reduce(t) if _world()[1] > 1 else t
-
-
-def moe_aux_loss(towers, lb_coef: float, z_coef: float):
-    """Load-balancing (+ z) loss over the GLOBAL batch, averaged over all MoE layers of both towers.
-
-    towers: [(router_logits tuple, token mask (batch, seq) or None), ...]. Per layer, the Switch
-    loss E * sum_j f_j P_j is computed from token statistics summed over all processes (f_j: share
-    of tokens whose first choice is j; P_j: mean router probability), so a W-process run optimises
-    exactly the 1-process objective (the official code instead pools layers and divides by the
-    world size). Padding tokens are excluded. Returns (aux, load_balancing, z), the last two for logs.
-    """
-    lbs, zs = [], []
-    for router_logits, mask in towers:
-        for logits in router_logits:
-            logits = logits.float()
-            w = torch.ones(logits.shape[0], device=logits.device) if mask is None else mask.reshape(-1).float()
-            probs = torch.softmax(logits, dim=-1)
-            top1 = torch.nn.functional.one_hot(probs.argmax(-1), logits.shape[-1]).float()
-            count = _global_sum(w.sum().detach().clone()).clamp_min(1.0)
-            f = _global_sum((top1 * w[:, None]).sum(0).detach()) / count
-            p = _global_sum((probs * w[:, None]).sum(0)) / count
-            lbs.append(logits.shape[-1] * (f * p).sum())
-            if z_coef:
-                zs.append(_global_sum((torch.logsumexp(logits, -1) ** 2 * w).sum()) / count)
-    if not lbs:
-        zero = torch.zeros(())
-        return zero, zero, zero
-    lb = torch.stack(lbs).mean()
-    z = torch.stack(zs).mean() if zs else torch.zeros((), device=lb.device)
-    return lb_coef * lb + z_coef * z, lb, z

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..configuration import AUX_LOSS_COUNTS
 from ..errors import CLIPMoEError
 from ..upcycle import assemble_experts, upcycle
 from .clustering import cluster_features
@@ -64,8 +65,9 @@ class DMUSettings:
     lr_router: float = 1e-3
     wd_router: float = 0.01
     router_trains: str = "router"  # or "router+experts" (experts then use lr_mcl)
-    lb_coef: float = 0.01
-    z_coef: float = 0.0
+    lb_coef: float = 0.01  # the CLIP-MoE's router_aux_loss_coef
+    aux_loss_count: str = "top_k"  # its router_aux_loss_count: "top_k" = the official code's balance loss, "top1" = Switch's
+    z_coef: float = 0.0  # its router_z_loss_coef
     expert_dropout: float = 0.1  # inside experts during router training, as the official code
     label_smoothing: float = 0.1
     logit_scale: float | None = 100.0  # frozen multiplier; None = use and train the model's
@@ -93,6 +95,7 @@ class DMUSettings:
             (self.clusters_per_modality >= 1, "clusters_per_modality must be positive"),
             (self.batch_size >= 2, "batch_size must be at least 2"),
             (self.router_trains in ("router", "router+experts"), "router_trains must be 'router' or 'router+experts'"),
+            (self.aux_loss_count in AUX_LOSS_COUNTS, f"aux_loss_count must be one of {', '.join(AUX_LOSS_COUNTS)}"),
             (self.mcl_towers in ("both", "vision"), "mcl_towers must be 'both' or 'vision'"),
             (self.small_clusters in ("drop", "merge"), "small_clusters must be 'drop' or 'merge'"),
             (self.direct_ft_trainable in ("all", "ffn"), "direct_ft_trainable must be 'all' or 'ffn'"),
@@ -159,7 +162,7 @@ def _moe_spec(settings, name, trains, epochs, seed):
     return StageSpec(name=name, trainable=trains, towers="both", last_k_blocks=None, epochs=epochs, global_batch=settings.batch_size,
                      lr=settings.lr_mcl, weight_decay=settings.wd_mcl, lr_router=settings.lr_router, wd_router=settings.wd_router,
                      warmup_steps=settings.warmup_steps, label_smoothing=settings.label_smoothing, logit_scale=settings.logit_scale,
-                     aux_loss=True, lb_coef=settings.lb_coef, z_coef=settings.z_coef, save_every=settings.save_every, seed=seed, num_workers=settings.num_workers,
+                     aux_loss=True, save_every=settings.save_every, seed=seed, num_workers=settings.num_workers,
                      grad_checkpointing=settings.grad_checkpointing, max_grad_norm=settings.max_grad_norm, skip_bad=settings.skip_bad)
 
 
@@ -176,7 +179,8 @@ def _moe_layout(settings, base):
 
 
 def _moe_kwargs(settings):
-    return {"expert_dropout": settings.expert_dropout, "router_aux_loss_coef": settings.lb_coef, "router_z_loss_coef": settings.z_coef}
+    return {"expert_dropout": settings.expert_dropout, "router_aux_loss_coef": settings.lb_coef,
+            "router_aux_loss_count": settings.aux_loss_count, "router_z_loss_coef": settings.z_coef}
 
 
 def _ffn_only(stage_model, base):

@@ -21,7 +21,8 @@ from transformers import get_cosine_schedule_with_warmup
 from ..errors import CLIPMoEError
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import is_deepspeed, make_accelerator
-from .losses import contrastive_loss, moe_aux_loss
+from ..moe import aux_losses, summed_over_processes
+from .losses import contrastive_loss
 from .models import (
     is_moe,
     load_model,
@@ -52,9 +53,7 @@ class StageSpec:
     warmup_steps: int = 200
     label_smoothing: float = 0.1
     logit_scale: float | None = 100.0  # frozen multiplier; None = use and train the model's
-    aux_loss: bool = False  # add the MoE's load-balancing (+ z) loss
-    lb_coef: float = 0.01
-    z_coef: float = 0.0
+    aux_loss: bool = False  # add the MoE's load-balancing (+ z) loss, weighted as the model's config says
     save_every: int = 500
     seed: int = 0
     num_workers: int = 0
@@ -75,6 +74,15 @@ def _optimizer(named_params, spec: StageSpec):
         groups.setdefault((router, lr, wd), []).append(p)
     param_groups = [{"params": ps, "lr": lr, "weight_decay": wd, "name": "router" if r else "main"} for (r, lr, wd), ps in groups.items()]
     return torch.optim.AdamW(param_groups)
+
+
+def global_batch_aux_loss(out, config):
+    """The model's auxiliary loss over the GLOBAL batch: each layer's routing statistics (from the
+    model's forward) summed over the processes, then the model's own loss and coefficients, so a
+    W-process run optimises exactly the 1-process objective (the official code instead pools layers
+    and divides by the world size). Returns (aux, load_balancing, z)."""
+    stats = summed_over_processes(out.vision_model_output.routing_stats + out.text_model_output.routing_stats)
+    return aux_losses(stats, config.vision_config)
 
 
 def routing_entropy(router_logits, token_mask=None) -> float:
@@ -178,8 +186,7 @@ def train_stage(accelerator, model, dataset, spec: StageSpec, stage_dir: str, la
             loss, logged = contrastive_loss(out.image_embeds.float(), out.text_embeds.float(), scale, spec.label_smoothing, batch["valid"])
             total = loss
             if moe:
-                towers = [(out.vision_model_output.router_logits, None), (out.text_model_output.router_logits, batch["attention_mask"])]
-                aux, lb, z = moe_aux_loss(towers, spec.lb_coef, spec.z_coef)
+                aux, lb, z = global_batch_aux_loss(out, unwrapped.config)
                 if spec.aux_loss:
                     total = loss + aux
             accelerator.backward(total)
@@ -283,7 +290,7 @@ def train_contrastive(model_dir_or_model, data_path, out_dir, trainable: str = "
                       logit_scale: float | None = 100.0, image_root=None, tokenizer=None, image_processor=None, seed: int = 0,
                       save_every: int = 500, num_workers: int = 0, mixed_precision: str = "auto", grad_checkpointing: bool = False,
                       skip_bad: bool = False, stage_name: str = "train", lr_router: float | None = None, aux_loss: bool = True,
-                      max_steps: int | None = None, lb_coef: float = 0.01, z_coef: float = 0.0) -> str:
+                      max_steps: int | None = None) -> str:
     """Train a dense CLIP or a CLIP-MoE contrastively on a data file; returns the saved model directory.
 
     model_dir_or_model: a directory (dense 'clip' or 'clipmoe', with tokenizer and image processor)
@@ -313,7 +320,7 @@ def train_contrastive(model_dir_or_model, data_path, out_dir, trainable: str = "
                      weight_decay=weight_decay, warmup_steps=warmup_steps, label_smoothing=label_smoothing,
                      logit_scale=logit_scale, seed=seed, save_every=save_every, num_workers=num_workers,
                      grad_checkpointing=grad_checkpointing, skip_bad=skip_bad, lr_router=lr_router,
-                     aux_loss=aux_loss, max_steps=max_steps, lb_coef=lb_coef, z_coef=z_coef)
+                     aux_loss=aux_loss, max_steps=max_steps)
     accelerator = make_accelerator(mixed_precision)
     torch.manual_seed(seed)
     summary = train_stage(accelerator, model, dataset, spec, stage_dir)

@@ -2,10 +2,16 @@
 
 import os
 
+from types import SimpleNamespace
+
 import torch
 import torch.distributed as dist
 
-from clipmoe_encoder.dmu.losses import contrastive_loss, moe_aux_loss
+from clipmoe_encoder.dmu.losses import contrastive_loss
+from clipmoe_encoder.moe import aux_losses, routing_stats, summed_over_processes
+
+# the MoE loss fields of a tower config
+AUX_CONFIG = SimpleNamespace(router_aux_loss_coef=0.01, router_z_loss_coef=0.001, router_aux_loss_count="top_k")
 
 
 def loss_worker(rank, world, init_file, inputs, out_dir):
@@ -21,7 +27,7 @@ def loss_worker(rank, world, init_file, inputs, out_dir):
         loss.backward()
         tok = inputs["router"].shape[0] // world
         router = inputs["router"][rank * tok:(rank + 1) * tok].clone().requires_grad_(True)
-        aux, _, _ = moe_aux_loss([((router,), None)], 0.01, 0.001)
+        aux, _, _ = aux_losses(summed_over_processes([routing_stats(router, 2)]), AUX_CONFIG)
         aux.backward()
         torch.save({"loss": loss.detach(), "logged": logged, "image_grad": image.grad, "text_grad": text.grad,
                     "aux": aux.detach(), "router_grad": router.grad}, os.path.join(out_dir, f"rank{rank}.pt"))

@@ -6,12 +6,8 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from clipmoe_encoder.dmu.losses import (
-    contrastive_loss,
-    moe_aux_loss,
-    smoothed_cross_entropy,
-)
-from clipmoe_encoder.moe import load_balancing_loss, router_z_loss
+from clipmoe_encoder.dmu.losses import contrastive_loss, smoothed_cross_entropy
+from clipmoe_encoder.moe import aux_losses, load_balancing_loss, router_z_loss, routing_stats, summed_over_processes
 
 from . import dist_workers
 
@@ -50,15 +46,18 @@ def test_smoothed_ce_equals_torch_and_masking_removes_a_sample():
     assert masked.item() == pytest.approx(four.item(), rel=1e-6)
 
 
-def test_aux_loss_equals_the_models_per_layer_average():
+def test_aux_losses_average_the_layers_with_the_configs_coefficients_and_count():
     g = torch.Generator().manual_seed(1)
     layers = tuple(torch.randn(12, 4, generator=g) for _ in range(3))
     mask = torch.tensor([1] * 9 + [0] * 3)
-    aux, lb, z = moe_aux_loss([(layers[:2], None), (layers[2:], mask)], 0.01, 0.001)
-    ref_lb = (load_balancing_loss(layers[0]) + load_balancing_loss(layers[1]) + load_balancing_loss(layers[2], mask)) / 3
-    ref_z = (router_z_loss(layers[0]) + router_z_loss(layers[1]) + router_z_loss(layers[2], mask)) / 3
+    stats = [routing_stats(layers[0], 2), routing_stats(layers[1], 2), routing_stats(layers[2], 2, mask)]
+    config = dist_workers.AUX_CONFIG
+    aux, lb, z = aux_losses(stats, config)
+    ref_lb = sum(load_balancing_loss(s, "top_k") for s in stats) / 3
+    ref_z = sum(router_z_loss(s) for s in stats) / 3
     assert lb.item() == pytest.approx(ref_lb.item(), rel=1e-6) and z.item() == pytest.approx(ref_z.item(), rel=1e-6)
     assert aux.item() == pytest.approx(0.01 * ref_lb.item() + 0.001 * ref_z.item(), rel=1e-6)
+    assert summed_over_processes(stats) == stats  # no process group: the local statistics
 
 
 def test_two_gloo_processes_give_the_one_process_loss_and_gradient(tmp_path):
@@ -85,7 +84,7 @@ def test_two_gloo_processes_give_the_one_process_loss_and_gradient(tmp_path):
     assert torch.allclose(dist_text_grad, text.grad, atol=1e-6)
 
     router = inputs["router"].clone().requires_grad_(True)
-    aux, _, _ = moe_aux_loss([((router,), None)], 0.01, 0.001)
+    aux, _, _ = aux_losses(summed_over_processes([routing_stats(router, 2)]), dist_workers.AUX_CONFIG)
     aux.backward()
     assert ranks[0]["aux"].item() == pytest.approx(aux.item(), rel=1e-5)
     assert torch.allclose(torch.cat([ranks[0]["router_grad"], ranks[1]["router_grad"]]) / 2, router.grad, atol=1e-7)

@@ -10,13 +10,12 @@ from clipmoe_encoder import assemble_experts
 from clipmoe_encoder.dmu.checkpointing import latest_checkpoint
 from clipmoe_encoder.dmu.data import ImageTextDataset, load_records
 from clipmoe_encoder.dmu.distributed import make_accelerator
-from clipmoe_encoder.dmu.losses import moe_aux_loss
 from clipmoe_encoder.dmu.models import (
     load_model,
     load_preprocessors,
     set_frozen_logit_scale,
 )
-from clipmoe_encoder.dmu.trainer import StageSpec, train_stage
+from clipmoe_encoder.dmu.trainer import StageSpec, global_batch_aux_loss, train_stage
 
 from .helpers import make_base, make_dataset
 
@@ -52,8 +51,10 @@ def _balance(model, dataset):
     batch = {k: torch.stack([dataset[i][k] for i in range(len(dataset))]) for k in ("pixel_values", "input_ids", "attention_mask")}
     with torch.no_grad():
         out = model(**batch, output_router_logits=True)
-    towers = [(out.vision_model_output.router_logits, None), (out.text_model_output.router_logits, batch["attention_mask"])]
-    return moe_aux_loss(towers, 1.0, 0.0)[1].item()
+    # in one process DMU's global-batch loss is the model's own aux loss
+    aux, lb, _ = global_batch_aux_loss(out, model.config)
+    assert torch.equal(aux, out.aux_loss) and torch.equal(lb, out.load_balancing_loss)
+    return out.load_balancing_loss.item()
 
 
 def _routers(model):
@@ -79,7 +80,7 @@ def _train(setup, lr_router, name):
     model, _ = _moe(base_dir)
     before_routers, before_balance = _routers(model), _balance(model, dataset)
     spec = StageSpec(name=name, trainable="router", epochs=4, global_batch=4, lr=1e-5, lr_router=lr_router, warmup_steps=2,
-                     aux_loss=True, lb_coef=0.01, save_every=1000, seed=0)
+                     aux_loss=True, save_every=1000, seed=0)
     torch.manual_seed(0)
     summary = train_stage(make_accelerator("no"), model, dataset, spec, str(root / name))
     # the routers trained at lr_router, not at the main lr (initial_lr: before warmup/cosine scaling)

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from clipmoe_encoder.configuration import CLIPMoEVisionConfig
-from clipmoe_encoder.moe import MoEFeedForward, StackedExperts, load_balancing_loss, quick_gelu, router_z_loss
+from transformers.activations import ACT2FN
+
+from clipmoe_encoder.moe import MoEFeedForward, StackedExperts, load_balancing_loss, router_z_loss, routing_stats
 
 
 def _moe(num_experts=4, top_k=2, normalize=True, seed=0):
@@ -30,7 +32,7 @@ def reference(layer, x):
         if layer.router.renormalize:
             w = w / w.sum()
         for weight, e in zip(w, idx.tolist()):
-            h = quick_gelu(ex.fc1_weight[e] @ x[t] + ex.fc1_bias[e])
+            h = ACT2FN["quick_gelu"](ex.fc1_weight[e] @ x[t] + ex.fc1_bias[e])
             out[t] += weight * (ex.fc2_weight[e] @ h + ex.fc2_bias[e])
     return out
 
@@ -84,48 +86,109 @@ def _logits(probs, offsets):
     return torch.log(torch.tensor(probs)) + torch.tensor(offsets)[:, None]
 
 
-def test_load_balancing_loss_by_hand():
-    logits = _logits([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7], [0.9, 0.1]], [1.0, 2.0, 0.0, 5.0])
-    mask = torch.tensor([1, 1, 1, 0])  # the last token is padding
-    # real tokens: top-1 = e0, e0, e1 -> f = (2/3, 1/3); P = ((0.8+0.6+0.3)/3, (0.2+0.4+0.7)/3)
-    # loss = 2 * (2/3 * 1.7/3 + 1/3 * 1.3/3) = 9.4 / 9
-    assert load_balancing_loss(logits, mask).item() == pytest.approx(9.4 / 9, abs=1e-6)
-    # all four: f = (3/4, 1/4), P = (2.6/4, 1.4/4) -> 2 * (7.8 + 1.4) / 16 = 18.4 / 16
-    assert load_balancing_loss(logits).item() == pytest.approx(18.4 / 16, abs=1e-6)
-    # uniform routing gives the minimum, 1
-    assert load_balancing_loss(torch.zeros(6, 4)).item() == pytest.approx(1.0)
+def test_load_balancing_loss_by_hand_for_both_counts():
+    # three experts, top-2; first choices e0, e1, e2, e0; top-2 sets {0,1}, {1,2}, {2,0}, {0,1}
+    logits = _logits([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3], [0.25, 0.15, 0.6], [0.7, 0.2, 0.1]], [1.0, 2.0, 0.0, 5.0])
+    every = routing_stats(logits, top_k=2)
+    # P = (1.55, 1.25, 1.2) / 4. top1: f = (2, 1, 1) / 4 -> 3 * (3.1 + 1.25 + 1.2) / 16
+    assert load_balancing_loss(every, "top1").item() == pytest.approx(3 * 5.55 / 16, abs=1e-6)
+    # top_k: every choice counts, f = (3, 3, 2) / 4 -> 3 * (4.65 + 3.75 + 2.4) / 16
+    assert load_balancing_loss(every, "top_k").item() == pytest.approx(3 * 10.8 / 16, abs=1e-6)
+    # the last token is padding: f is balanced in both counts, so the loss is the value at balance
+    real = routing_stats(logits, top_k=2, token_mask=torch.tensor([1, 1, 1, 0]))
+    assert load_balancing_loss(real, "top1").item() == pytest.approx(1.0, abs=1e-6)
+    assert load_balancing_loss(real, "top_k").item() == pytest.approx(2.0, abs=1e-6)
+    # uniform routing: 1 (Switch) and k (the official count)
+    uniform = routing_stats(torch.zeros(6, 4), top_k=3)
+    assert load_balancing_loss(uniform, "top1").item() == pytest.approx(1.0)
+    assert load_balancing_loss(uniform, "top_k").item() == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="router_aux_loss_count"):
+        load_balancing_loss(uniform, "top2")
+
+
+def test_routing_stats_equal_a_per_token_loop():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(13, 5, generator=g) * 2
+    mask = (torch.rand(13, generator=g) > 0.3).long()
+    k = 3
+    stats = routing_stats(logits, k, mask)
+    choices, probs_sum, z_sum, entropy_sum, tokens = torch.zeros(k, 5), torch.zeros(5), 0.0, 0.0, 0
+    for t in range(13):
+        if not mask[t]:
+            continue
+        p = [math.exp(v) for v in logits[t].tolist()]
+        total = sum(p)
+        p = [v / total for v in p]
+        for rank, e in enumerate(sorted(range(5), key=lambda e: -p[e])[:k]):
+            choices[rank, e] += 1
+        probs_sum += torch.tensor(p)
+        z_sum += math.log(total) ** 2
+        entropy_sum += -sum(v * math.log(v) for v in p)
+        tokens += 1
+    assert stats.tokens.item() == tokens and torch.equal(stats.choices, choices)
+    assert torch.allclose(stats.prob_sums, probs_sum, atol=1e-5)
+    assert stats.z_sums.item() == pytest.approx(z_sum, rel=1e-5)
+    assert stats.entropy_sums.item() == pytest.approx(entropy_sum, rel=1e-5)
+    for count, counted in (("top1", choices[0]), ("top_k", choices.sum(0))):
+        expected = 5 * sum(counted[e] / tokens * probs_sum[e] / tokens for e in range(5))
+        assert load_balancing_loss(stats, count).item() == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_router_z_loss_by_hand():
     logits = _logits([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7], [0.9, 0.1]], [1.0, 2.0, 0.0, 5.0])
     # logsumexp = the offsets; real tokens: (1 + 4 + 0) / 3
-    assert router_z_loss(logits, torch.tensor([1, 1, 1, 0])).item() == pytest.approx(5 / 3, abs=1e-5)
-    assert router_z_loss(logits).item() == pytest.approx(30 / 4, abs=1e-5)
+    assert router_z_loss(routing_stats(logits, 1, torch.tensor([1, 1, 1, 0]))).item() == pytest.approx(5 / 3, abs=1e-5)
+    assert router_z_loss(routing_stats(logits, 1)).item() == pytest.approx(30 / 4, abs=1e-5)
 
 
-def test_model_losses_average_layers_and_ignore_text_padding():
+@pytest.mark.parametrize("count", ["top1", "top_k"])
+def test_model_losses_average_layers_and_ignore_text_padding(count):
     import clipmoe_encoder as cm
     from tests.encoder.conftest import batch, tiny_clip
 
-    moe = cm.upcycle(tiny_clip(), num_experts=4, top_k=2, router_z_loss_coef=1e-3)
+    moe = cm.upcycle(tiny_clip(), num_experts=4, top_k=2, router_z_loss_coef=1e-3, router_aux_loss_count=count)
     pixels, ids, mask = batch()
     with torch.no_grad():
         out = moe(input_ids=ids, pixel_values=pixels, attention_mask=mask, output_router_logits=True)
+
+    def lb(logits):
+        return load_balancing_loss(routing_stats(logits, 2), count)
+
     text = out.text_model_output
     real = mask.reshape(-1).bool()
-    lb_text = sum(load_balancing_loss(r[real]) for r in text.router_logits) / len(text.router_logits)
+    lb_text = sum(lb(r[real]) for r in text.router_logits) / len(text.router_logits)
     assert text.load_balancing_loss.item() == pytest.approx(lb_text.item(), abs=1e-6)
-    with_padding = sum(load_balancing_loss(r) for r in text.router_logits) / len(text.router_logits)
+    with_padding = sum(lb(r) for r in text.router_logits) / len(text.router_logits)
     assert abs(with_padding.item() - lb_text.item()) > 1e-4, "the fixture's padding must change the loss"
     vision = out.vision_model_output
     n_v, n_t = len(vision.router_logits), len(text.router_logits)
     # every layer of both towers counts once (text padding masked), from the raw router logits
-    combined = (sum(load_balancing_loss(r) for r in vision.router_logits)
-                + sum(load_balancing_loss(r[real]) for r in text.router_logits)) / (n_v + n_t)
+    combined = (sum(lb(r) for r in vision.router_logits) + sum(lb(r[real]) for r in text.router_logits)) / (n_v + n_t)
     assert out.load_balancing_loss.item() == pytest.approx(combined.item(), abs=1e-6)
     expected = 0.01 * out.load_balancing_loss + 1e-3 * out.router_z_loss
     assert out.aux_loss.item() == pytest.approx(expected.item(), abs=1e-7)
     assert math.isfinite(out.router_z_loss.item()) and out.router_z_loss.item() > 0
+    # the official count is about k times Switch's
+    assert (1.5 if count == "top_k" else 0.9) < out.load_balancing_loss.item() < (2.5 if count == "top_k" else 1.5)
+
+
+def test_a_config_saved_without_the_count_keeps_switchs_loss(tmp_path):
+    import json
+
+    import clipmoe_encoder as cm
+    from tests.encoder.conftest import tiny_clip
+
+    moe = cm.upcycle(tiny_clip(), num_experts=4, top_k=2, router_aux_loss_count="top_k")
+    moe.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["vision_config"]["router_aux_loss_count"] == "top_k"
+    for tower in ("vision_config", "text_config"):
+        del config[tower]["router_aux_loss_count"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    old = cm.CLIPMoEModel.from_pretrained(tmp_path)
+    assert old.config.vision_config.router_aux_loss_count == "top1" == old.config.text_config.router_aux_loss_count
+    with pytest.raises(cm.CLIPMoEError, match="router_aux_loss_count"):
+        cm.CLIPMoEVisionConfig(router_aux_loss_count="top2")
 
 
 def test_router_jitter_and_expert_dropout_only_act_in_training():
