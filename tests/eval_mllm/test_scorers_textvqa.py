@@ -82,3 +82,14 @@ def test_cli(ann, tmp_path, h, cli_json):
     m = cli_json("textvqa", "--annotation-file", ann, "--result-file",
                  h.answers_file(tmp_path / "a.jsonl", ANSWERS))
     assert m["accuracy"] == pytest.approx(EXPECTED)
+
+
+def test_counts_prompts_with_ocr_tokens(ann, tmp_path, h):
+    """The protocol is read from the prompts the answers record (the report marks it)."""
+    prompts = [textvqa.build_textvqa_prompt(d["question"], ["tok"] if i else []) for i, d in enumerate(DATA)]
+    rfile = h.write_jsonl(tmp_path / "a.jsonl", [h.answer(d["question_id"], "x", prompt=p)
+                                                 for d, p in zip(DATA, prompts, strict=True)])
+    m = textvqa.score(ann, rfile)
+    assert (m["n_prompts"], m["n_prompts_with_ocr_tokens"]) == (len(DATA), len(DATA) - 1)
+    assert textvqa.has_ocr_tokens("OCR tokens: a, b Question: q? Short answer:")
+    assert not textvqa.has_ocr_tokens("What does the sign say?\nAnswer the question using a single word or phrase.")
