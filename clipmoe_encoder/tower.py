@@ -5,7 +5,8 @@ Differences from the stock tower, each on purpose:
   settings saved in the LLaVA config, so the tower's tensors are read back from the LLaVA
   checkpoint instead of being silently re-read from the original tower checkpoint.
 * the forward keeps autograd on whenever routers or experts are trainable (the stock forward is
-  wrapped in `no_grad`), and in training mode it records the MoE auxiliary loss for the caller.
+  wrapped in `no_grad`). The MoE auxiliary loss is not the tower's business: the LLaVA integration
+  collects it from the CLIP-MoE model with forward hooks (`llava_integration.aux_loss`).
 * `vision_tower` names: "clipmoe" (default checkpoint from $CLIPMOE_VISION_TOWER),
   "clipmoe:<path or hub id>", or a directory whose config.json is a CLIP-MoE.
 """
@@ -193,7 +194,6 @@ class CLIPMoEVisionTower(nn.Module):
         if self.tune not in TUNE_MODES:
             raise CLIPMoEError(f"mm_vision_moe_tune must be one of {TUNE_MODES}, got {self.tune!r}")
         self.aux_loss_coef = getattr(args, "mm_vision_moe_aux_loss_coef", None)
-        self._aux_losses: list[torch.Tensor] = []
 
         saved_config = getattr(args, SAVED_CONFIG_FIELD, None)
         if not delay_load:
@@ -283,17 +283,13 @@ class CLIPMoEVisionTower(nn.Module):
         return any(p.requires_grad for p in self.vision_tower.parameters())
 
     def _run(self, pixels: torch.Tensor):
-        want_aux = self.training and self._trainable()
         pixels = pixels.to(device=self.device, dtype=self.dtype)
-        if want_aux and torch.is_grad_enabled():
+        if self.training and torch.is_grad_enabled() and self._trainable():
             # With only routers trainable, no module input inside the tower requires grad; ZeRO-3's
             # backward hooks on leaf modules then fire too late to re-gather their parameters
             # ("size of tensor a (0) must match..."). A grad-requiring input keeps them in order.
             pixels = pixels.detach().requires_grad_(True)
-        out = self.vision_tower(pixels, output_hidden_states=True, output_router_logits=want_aux)
-        if want_aux and out.aux_loss is not None:
-            self._aux_losses.append(out.aux_loss)
-        return self.feature_select(out)
+        return self.feature_select(self.vision_tower(pixels, output_hidden_states=True))
 
     def forward(self, images):
         # A frozen tower needs no graph (as LLaVA's no_grad); a trainable one must keep it.
@@ -301,13 +297,6 @@ class CLIPMoEVisionTower(nn.Module):
             if isinstance(images, list):
                 return [self._run(image.unsqueeze(0)).to(image.dtype) for image in images]
             return self._run(images).to(images.dtype)
-
-    def pop_aux_loss(self):
-        """Mean MoE auxiliary loss of the forwards since the last call (None if none recorded)."""
-        losses, self._aux_losses = self._aux_losses, []
-        if not losses:
-            return None
-        return torch.stack([loss.float() for loss in losses]).mean()
 
     # ---- properties LLaVA reads ----------------------------------------------------------
     @property

@@ -26,6 +26,19 @@ def tower_name(cfg):
     return getattr(cfg, "mm_vision_tower", getattr(cfg, "vision_tower", None))
 
 
+def is_llava_tower_name(name: str) -> bool:
+    """The names LLaVA-1.5's own builder takes (llava/model/multimodal_encoder/builder.py)."""
+    return os.path.exists(name) or name.startswith(("openai", "laion")) or "ShareGPT4V" in name
+
+
+def unknown_tower_error(name) -> CLIPMoEError:
+    return CLIPMoEError(
+        f"unknown vision tower {name!r}: LLaVA takes openai/..., laion/..., *ShareGPT4V* or a local CLIP "
+        f"directory; CLIP-MoE takes 'clipmoe' (checkpoint from ${DEFAULT_TOWER_ENV}), "
+        "'clipmoe:<path or hub id>' or a CLIP-MoE checkpoint directory"
+    )
+
+
 def make_build_vision_tower(llava_build):
     @functools.wraps(llava_build)
     def build_vision_tower(vision_tower_cfg, **kwargs):
@@ -37,11 +50,7 @@ def make_build_vision_tower(llava_build):
         except ValueError as err:
             if "Unknown vision tower" not in str(err):
                 raise
-            raise CLIPMoEError(
-                f"unknown vision tower {name!r}: LLaVA takes openai/..., laion/..., *ShareGPT4V* or a local CLIP "
-                f"directory; CLIP-MoE takes 'clipmoe' (checkpoint from ${DEFAULT_TOWER_ENV}), "
-                "'clipmoe:<path or hub id>' or a CLIP-MoE checkpoint directory"
-            ) from None
+            raise unknown_tower_error(name) from None
 
     build_vision_tower._clipmoe = True
     return build_vision_tower

@@ -1,20 +1,23 @@
 """Shims that let LLaVA-1.5's code (llava-torch 1.2.2, written for transformers 4.37) run on newer
 transformers, newer DeepSpeed and CPU-only machines. Each shim checks the installed API, not a
-version number. On LLaVA's own pins (transformers 4.37.2) the trainer-import shim does nothing, but
-the DeepSpeed one is needed there, the CPU one applies on any version without CUDA, and LLaVA's
-forward is still wrapped (it drops no keyword 4.37's generate passes).
+version number, and each is applied only where LLaVA needs it, by an explicit call: the model
+shims by `llava_integration.register()`, the training ones by `llava_integration.train.prepare()`
+and the trainer. Nothing here changes torch, and nothing changes transformers for good.
 
 * generation: 4.38+ passes `cache_position` (and 5.x other keywords) to LLaVA's forward, which has
   no **kwargs; 5.24 renamed `past_key_values` to `cache`. Unknown keywords are dropped, and `cache`
   is mapped back: dropping it would silently decode without a KV cache (wrong tokens).
-* training: `ALL_LAYERNORM_LAYERS` left `transformers.trainer` in 4.53; the trainer signature
-  changes are handled by `llava_integration.trainer.CLIPMoELLaVATrainer`.
-* DeepSpeed: old transformers fill ZeRO-3 "auto" bucket sizes with floats that new DeepSpeed refuses.
-* CPU: LLaVA's save path calls `torch.cuda.synchronize()`, which fails without CUDA.
+* training: `ALL_LAYERNORM_LAYERS` left `transformers.trainer` in 4.53 (lent for LLaVA's import
+  only); the trainer signature changes are handled by `llava_integration.trainer.CLIPMoELLaVATrainer`.
+* DeepSpeed: old transformers fill ZeRO-3 "auto" bucket sizes with floats that new DeepSpeed refuses
+  (fixed on the one config object of a run).
+* CPU: LLaVA's DeepSpeed save calls `torch.cuda.synchronize()`, which fails without CUDA (LLaVA's
+  save function is wrapped; torch is left alone).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 
@@ -52,54 +55,66 @@ def patch_forward_keywords(cls) -> None:
     cls.forward = forward
 
 
-def patch_trainer_imports() -> None:
-    """llava.train.llava_trainer imports ALL_LAYERNORM_LAYERS from transformers.trainer (gone in 4.53)."""
+@contextlib.contextmanager
+def llava_trainer_importable():
+    """Import `llava.train.llava_trainer` inside this block: it imports ALL_LAYERNORM_LAYERS from
+    transformers.trainer, gone in 4.53 (still in transformers.pytorch_utils). The name is lent to
+    transformers.trainer for the import only and taken back afterwards: LLaVA's module keeps its
+    own binding, and transformers is left as it was."""
     import transformers.trainer
 
-    if not hasattr(transformers.trainer, "ALL_LAYERNORM_LAYERS"):
-        # still in transformers.pytorch_utils in 5.x
-        from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
-
-        transformers.trainer.ALL_LAYERNORM_LAYERS = ALL_LAYERNORM_LAYERS
-
-
-def patch_cpu_synchronize() -> None:
-    """On a machine without CUDA, torch.cuda.synchronize() (called by LLaVA's save) is a no-op."""
-    if torch.cuda.is_available() or getattr(torch.cuda.synchronize, "_clipmoe_noop", False):
+    if hasattr(transformers.trainer, "ALL_LAYERNORM_LAYERS"):
+        yield
         return
+    from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
 
-    def synchronize(device=None):
-        return None
+    transformers.trainer.ALL_LAYERNORM_LAYERS = ALL_LAYERNORM_LAYERS
+    try:
+        yield
+    finally:
+        del transformers.trainer.ALL_LAYERNORM_LAYERS
 
-    synchronize._clipmoe_noop = True
-    torch.cuda.synchronize = synchronize
+
+def save_without_cuda_sync(save):
+    """Wrap LLaVA's `safe_save_model_for_hf_trainer`: on a machine without CUDA its DeepSpeed branch
+    (`torch.cuda.synchronize(); trainer.save_model(output_dir)`) runs without the synchronize,
+    which would fail and has nothing to wait for. Every other case is LLaVA's own code."""
+    if getattr(save, "_clipmoe", False):
+        return save
+
+    @functools.wraps(save)
+    def safe_save_model_for_hf_trainer(trainer, output_dir):
+        adapter_only = getattr(trainer.args, "tune_mm_mlp_adapter", False)  # LLaVA's first branch
+        if trainer.deepspeed and not adapter_only and not torch.cuda.is_available():
+            trainer.save_model(output_dir)
+            return
+        save(trainer, output_dir)
+
+    safe_save_model_for_hf_trainer._clipmoe = True
+    return safe_save_model_for_hf_trainer
 
 
-def patch_deepspeed_auto_sizes() -> None:
+def round_zero3_auto_sizes(hf_deepspeed_config) -> None:
     """transformers <= 4.4x fills ZeRO-3's "auto" stage3_prefetch_bucket_size with 0.9 * hidden**2, a
-    float; DeepSpeed >= 0.15 validates it as an int and refuses the config. Round it."""
-    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
-
-    original = HfTrainerDeepSpeedConfig.trainer_config_finalize
-    if getattr(original, "_clipmoe", False):
+    float; DeepSpeed >= 0.15 validates it as an int and refuses the config. Round the sizes after
+    transformers fills them, on this config object only."""
+    finalize = hf_deepspeed_config.trainer_config_finalize
+    if getattr(finalize, "_clipmoe", False):
         return
 
-    @functools.wraps(original)
-    def trainer_config_finalize(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        zero = self.config.get("zero_optimization", {})
+    @functools.wraps(finalize)
+    def trainer_config_finalize(*args, **kwargs):
+        finalize(*args, **kwargs)
+        zero = hf_deepspeed_config.config.get("zero_optimization", {})
         for key in ("stage3_prefetch_bucket_size", "stage3_param_persistence_threshold", "reduce_bucket_size"):
             if isinstance(zero.get(key), float):
                 zero[key] = int(zero[key])
 
     trainer_config_finalize._clipmoe = True
-    HfTrainerDeepSpeedConfig.trainer_config_finalize = trainer_config_finalize
+    hf_deepspeed_config.trainer_config_finalize = trainer_config_finalize
 
 
 def apply() -> None:
-    """All shims for inference and training (safe to call more than once)."""
+    """The shims LLaVA's models need for inference (safe to call more than once)."""
     for cls in llava_causal_lm_classes():
         patch_forward_keywords(cls)
-    patch_trainer_imports()
-    patch_cpu_synchronize()
-    patch_deepspeed_auto_sizes()

@@ -8,20 +8,22 @@ Llava config is read: a nested `auto_map` is not followed by transformers). This
 * `make_processor(...)`: a LlavaProcessor that expands `<image>` to exactly the tower's number of
   feature tokens (patches, plus the CLS token for the "full" strategy);
 * `CLIPMoELlavaForConditionalGeneration`: adds the tower's MoE load-balancing loss to the LM loss
-  in training mode only (an evaluation loss stays the plain LM loss).
+  in training mode only (an evaluation loss stays the plain LM loss), through the same collector
+  as LLaVA-1.5 (`aux_loss.with_moe_aux_loss`).
 """
 
 from __future__ import annotations
 
 import inspect
 
-import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 import clipmoe_encoder  # noqa: F401  (registers the CLIP-MoE classes with the Auto* factories)
 from clipmoe_encoder.configuration import CLIPMoEVisionConfig
 from clipmoe_encoder.errors import CLIPMoEError
 from clipmoe_encoder.tower import check_processor_fits
+
+from .aux_loss import with_moe_aux_loss
 
 IMAGE_TOKEN = "<image>"
 STRATEGY = {"patch": "default", "cls_patch": "full"}  # LLaVA's select_feature -> transformers' strategy
@@ -91,35 +93,7 @@ def text_model_of(model):
 
 
 class CLIPMoELlavaForConditionalGeneration(LlavaForConditionalGeneration):
-    """LlavaForConditionalGeneration + the CLIP-MoE auxiliary loss in training. Saves as a plain
-    "llava" model (the extra loss needs no weights)."""
+    """LlavaForConditionalGeneration + the CLIP-MoE auxiliary loss in training (`aux_loss`). Saves
+    as a plain "llava" model (the extra loss needs no weights)."""
 
-    def forward(self, *args, **kwargs):
-        labels = kwargs.get("labels")
-        if not (self.training and labels is not None):
-            return super().forward(*args, **kwargs)
-        tower, captured = vision_tower_of(self), []
-
-        def ask_for_router_logits(module, a, kw):
-            kw["output_router_logits"] = True
-            return a, kw
-
-        def keep_aux_loss(module, a, kw, output):
-            aux = getattr(output, "aux_loss", None)
-            if aux is not None:
-                captured.append(aux)
-
-        handles = [tower.register_forward_pre_hook(ask_for_router_logits, with_kwargs=True),
-                   tower.register_forward_hook(keep_aux_loss, with_kwargs=True)]
-        try:
-            output = super().forward(*args, **kwargs)
-        finally:
-            for handle in handles:
-                handle.remove()
-        if captured and output.loss is not None and any(p.requires_grad for p in tower.parameters()):
-            output.loss = output.loss + torch.stack([a.float() for a in captured]).mean().to(output.loss)
-        return output
-
-
-# generate() checks its keywords against forward's signature: show Llava's, not (*args, **kwargs).
-CLIPMoELlavaForConditionalGeneration.forward.__signature__ = inspect.signature(LlavaForConditionalGeneration.forward)
+    forward = with_moe_aux_loss(LlavaForConditionalGeneration.forward)

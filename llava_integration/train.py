@@ -1,6 +1,6 @@
 """LLaVA-1.5 training entry point with CLIP-MoE (run by every DeepSpeed worker):
 
-    deepspeed [--hostfile H] --module llava_integration.train --deepspeed scripts/llava/zero2.json \
+    deepspeed [--hostfile H] --module llava_integration.train --deepspeed $(python -c 'import llava_integration as l; print(l.launch_dir())')/zero2.json \
         --vision_tower clipmoe ...  (all of llava/train/train.py's arguments)
 
 Extra arguments:
@@ -8,12 +8,18 @@ Extra arguments:
   --mm_vision_moe_lr LR                               learning rate of routers/experts (default: --learning_rate)
   --mm_vision_moe_aux_loss_coef C                     load-balancing loss weight (default: the tower's config)
   --attn_implementation sdpa|eager|flash_attention_2  language model attention (default: transformers' choice)
+  --debug (or $CLIPMOE_DEBUG=1)                       show the traceback of a user error
+
+A user error (unset $CLIPMOE_VISION_TOWER, a missing file, a tower that is not a CLIP-MoE, ...)
+is one `error:` line and exit code 2, found before any model is loaded (`checks.py`).
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+
+from .checks import check_arguments, exit_on_user_error, pop_debug
 
 
 def _pop_option(argv: list, name: str, default=None):
@@ -43,14 +49,16 @@ def extend_model_arguments(base):
 
 
 def prepare():
-    """Register the plugin and install the CLIP-MoE pieces into llava.train.train."""
+    """Register the plugin and install the CLIP-MoE pieces into llava.train.train (the training
+    patches: they change LLaVA's training module only, and only when training starts here)."""
     import llava_integration
 
     llava_integration.register()
+    from . import compat
+    from .trainer import CLIPMoELLaVATrainer, with_trainable_tower_keys  # first: imports llava_trainer
+
     import llava.train.train as llava_train
     from llava.train import llava_trainer
-
-    from .trainer import CLIPMoELLaVATrainer, with_trainable_tower_keys
 
     if not getattr(llava_train.ModelArguments, "_clipmoe", False):
         llava_train.ModelArguments = extend_model_arguments(llava_train.ModelArguments)
@@ -58,14 +66,20 @@ def prepare():
     llava_train.LLaVATrainer = CLIPMoELLaVATrainer
     for module in (llava_train, llava_trainer):
         module.get_mm_adapter_state_maybe_zero_3 = with_trainable_tower_keys(module.get_mm_adapter_state_maybe_zero_3)
+    llava_train.safe_save_model_for_hf_trainer = compat.save_without_cuda_sync(llava_train.safe_save_model_for_hf_trainer)
     return llava_train
 
 
 def main(argv=None):
-    if argv is not None:
-        sys.argv[1:] = list(argv)
-    attn = _pop_option(sys.argv, "--attn_implementation")
-    prepare().train(attn_implementation=attn)
+    """Check the arguments (one `error:` line and exit 2 for a bad one, before any model loads; the
+    traceback with --debug or $CLIPMOE_DEBUG=1), then run LLaVA's train() on them."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = pop_debug(argv)
+    with exit_on_user_error(debug):
+        check_arguments(argv)
+        attn = _pop_option(argv, "--attn_implementation")
+        sys.argv[1:] = argv  # LLaVA's train() parses sys.argv
+        prepare().train(attn_implementation=attn)
 
 
 if __name__ == "__main__":

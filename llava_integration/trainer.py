@@ -5,6 +5,7 @@
   own learning rate (`--mm_vision_moe_lr`), declared ZeRO-3 leaf modules, and saved with the
   projector in stage 1 (LLaVA's projector-only save would drop them).
 * saving: views of one ZeRO-3 buffer are copied apart, else safetensors drops all but one.
+* DeepSpeed: ZeRO-3 "auto" sizes that old transformers fill as floats are rounded (this run's config).
 * transformers >= 4.46/5.0: `tokenizer=` became `processing_class=`; 4.47 dropped `metrics` from
   `_save_checkpoint`; 4.52 passes the dataset to `_get_train_sampler` (LLaVA's takes none).
 """
@@ -17,16 +18,25 @@ import inspect
 import torch
 from transformers import Trainer
 
-from clipmoe_encoder.tower import declare_zero3_leaves
+from clipmoe_encoder.tower import CLIPMoEVisionTower, declare_zero3_leaves
 
 from . import compat
-from .aux_loss import clipmoe_tower
 
-compat.patch_trainer_imports()  # before llava.train.llava_trainer is imported
-from llava.train.llava_trainer import LLaVATrainer
+with compat.llava_trainer_importable():
+    from llava.train.llava_trainer import LLaVATrainer
 
 _TRAINER_PARAMS = set(inspect.signature(Trainer.__init__).parameters)
 _SAVE_TAKES_METRICS = "metrics" in inspect.signature(Trainer._save_checkpoint).parameters
+
+
+def clipmoe_tower(model):
+    """The CLIP-MoE tower of a LLaVA-1.5 model, else None."""
+    # Trainer.model is the bare model under DeepSpeed (the engine is model_wrapped), but FSDP
+    # replaces it with its wrapper before create_optimizer runs.
+    model = getattr(model, "module", model)
+    get = getattr(model, "get_vision_tower", None)
+    tower = get() if get is not None else None
+    return tower if isinstance(tower, CLIPMoEVisionTower) else None
 
 
 class CLIPMoELLaVATrainer(LLaVATrainer):
@@ -34,7 +44,16 @@ class CLIPMoELLaVATrainer(LLaVATrainer):
         if tokenizer is not None:
             kwargs["tokenizer" if "tokenizer" in _TRAINER_PARAMS else "processing_class"] = tokenizer
         super().__init__(*args, **kwargs)
+        for config in self._deepspeed_configs():
+            compat.round_zero3_auto_sizes(config)
         self._prepare_tower()
+
+    def _deepspeed_configs(self):
+        """The run's HfTrainerDeepSpeedConfig: deepspeed_init reads the accelerator's (4.37+), which
+        TrainingArguments normally shares with args."""
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        found = (getattr(self.args, "hf_deepspeed_config", None), getattr(plugin, "hf_ds_config", None))
+        return list({id(c): c for c in found if c is not None}.values())
 
     def _prepare_tower(self):
         tower = clipmoe_tower(self.model)

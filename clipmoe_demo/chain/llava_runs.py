@@ -1,8 +1,9 @@
 """The two LLaVA runs of the chain: the same small LLM, data and budget, once with the dense base
 CLIP's vision tower (LLaVA's stock CLIPVisionTower on a local directory) and once with the
 CLIP-MoE (DMU) tower. Both stages go through the project's DeepSpeed scripts
-(scripts/llava/pretrain.sh, ZeRO-2; finetune.sh, ZeRO-3) in their CPU tiny mode, with the
-TINY_* environment overrides pointing them at this chain's LLM, data and output folders.
+(pretrain.sh, ZeRO-2; finetune.sh, ZeRO-3, shipped in `llava_integration.launch_dir()`) in their
+CPU tiny mode, with the TINY_* environment overrides pointing them at this chain's LLM, data and
+output folders.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from llava_integration import launch_dir
+
+# the folder holding the packages (a checkout, or site-packages): the children import this code from it
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPTS = os.path.join(REPO, "scripts", "llava")
 RUNS = ("dense", "clip-moe")
 ANSWER_FILES = {"pope": "pope.jsonl", "gqa": "gqa.jsonl", "mmbench": "mmbench.jsonl"}
 DONE_MARKER = "chain_stage_done.json"
@@ -141,7 +144,7 @@ def _script(name: str, env_overrides: dict, extra: list[str], log_path: str) -> 
     env = child_env(dict(PYTHON=sys.executable, CLIPMOE_LLAVA_TINY="1", DS_ACCELERATOR="cpu",
                           MASTER_PORT=str(_free_port()), **env_overrides))
     start = time.perf_counter()
-    _run_logged(["bash", os.path.join(SCRIPTS, name), *extra], env, log_path, name)
+    _run_logged(["bash", os.path.join(launch_dir(), name), *extra], env, log_path, name)
     return time.perf_counter() - start
 
 

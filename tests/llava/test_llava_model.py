@@ -1,4 +1,5 @@
-"""LLaVA-1.5 (llava-torch) with the CLIP-MoE tower: builder dispatch, reload, generation, aux loss."""
+"""LLaVA-1.5 (llava-torch) with the CLIP-MoE tower: builder dispatch, reload, generation (aux loss:
+test_aux_loss.py)."""
 
 
 import pytest
@@ -85,30 +86,3 @@ def test_greedy_generate_with_kv_cache_matches_loop_without_cache(world, llava):
     if len(out) == len(reference) + 1 and out[0] == tokenizer.bos_token_id:  # transformers <= 4.37 prepends BOS
         out = out[1:]
     assert out == reference and len(reference) >= 2
-
-
-def test_aux_loss_only_in_training(world):
-    from clipmoe_demo import tiny_llava as tiny
-
-    model, tokenizer = tiny.build_llava(world, mm_vision_moe_tune="routers")
-    ids = prompt_ids(tokenizer)
-    labels = ids.clone()
-    labels[labels < 0] = -100
-    images = image_batch(world, model.get_vision_tower().image_processor, ["red_square.png"])
-    model.eval()
-    eval_loss = model(input_ids=ids, labels=labels, images=images).loss
-    model.train()  # no dropout in the tiny Llama: train and eval LM losses are equal
-    train_loss = model(input_ids=ids, labels=labels, images=images).loss
-    tower = model.get_vision_tower()
-    tower(images)
-    aux = tower.pop_aux_loss()
-    assert aux.item() > 0
-    torch.testing.assert_close(train_loss, eval_loss + aux)
-    train_loss.backward()
-    assert all(p.grad is not None for n, p in model.named_parameters() if ".mlp.router." in n)
-
-    frozen, _ = tiny.build_llava(world)
-    frozen.train()
-    frozen_loss = frozen(input_ids=ids, labels=labels, images=images).loss
-    frozen.eval()
-    torch.testing.assert_close(frozen_loss, frozen(input_ids=ids, labels=labels, images=images).loss)
