@@ -4,7 +4,8 @@ Conventions used by every scorer:
 
 * Answers are matched to questions by ``question_id`` (never by position).
   Ids are compared as strings (``qid_key``) so that ``1`` and ``"1"`` match:
-  LLaVA writes some ids as ints and others as strings.
+  LLaVA writes some ids as ints and others as strings.  An id answered twice
+  keeps its last answer, as LLaVA's scripts do (the earlier one is counted).
 * Accuracies are percentages (0-100).  MME reports its own score scale and
   OCRBench reports counts, as their official tools do.
 * Every result dict carries the coverage counts ``n_questions``,
@@ -243,7 +244,7 @@ class Answers:
 
     def __init__(self, by_key, question_keys, n_duplicates, n_unknown, n_truncated, warnings,
                  dropped=None):
-        self.by_key = by_key                  # key -> first answer record, question order
+        self.by_key = by_key                  # key -> last answer record, question order
         self.missing = [k for k in question_keys if k not in by_key]
         self.n_questions = len(question_keys)
         self.n_duplicates = n_duplicates
@@ -298,8 +299,10 @@ def match_answers(records, question_keys, key_of=None, n_truncated=0, warnings=(
     """Match answer records to ``question_keys`` (an ordered list of keys).
 
     ``key_of(record)`` gives the key of an answer (default: its question id);
-    it may return None for an answer that cannot be placed.  The first answer
-    for a key wins; later ones are counted as duplicates.  Answers whose key
+    it may return None for an answer that cannot be placed.  The last answer
+    for a key wins, as in LLaVA's eval and conversion scripts (each turns the
+    answer list into a dict by id); earlier ones are counted as duplicates
+    (an appended rerun replaces the answers it repeats).  Answers whose key
     is not a question are counted as unknown.  When no answer matches at all,
     raises ``ScorerInputError`` saying why (nothing would be scored).
     """
@@ -310,16 +313,16 @@ def match_answers(records, question_keys, key_of=None, n_truncated=0, warnings=(
         key = key_of(record)
         if key is None or key not in wanted:
             unknown.append(record["question_id"])
-        elif key in by_key:
-            dups.append(record["question_id"])
         else:
+            if key in by_key:
+                dups.append(record["question_id"])
             by_key[key] = record
     # Question order, so that results do not depend on the answer order (not
     # even in the last digit of a float sum).
     by_key = {key: by_key[key] for key in question_keys if key in by_key}
     warnings = list(warnings)
     if dups:
-        warnings.append(f"{path}: {len(dups)} duplicate answer(s) ignored, first kept "
+        warnings.append(f"{path}: {len(dups)} duplicate answer(s) ignored, the last one kept "
                         f"(e.g. question_id {dups[0]!r})")
     if unknown:
         warnings.append(f"{path}: {len(unknown)} answer(s) for unknown questions ignored "

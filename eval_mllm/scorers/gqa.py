@@ -6,7 +6,10 @@ set), ``--result-file`` (answers JSONL) and ``--annotation-file`` (official
 ``testdev_balanced_questions.json``: ``{question_id: {"answer": ..., ...}}``).
 
 A prediction is ``text.rstrip('.').lower()`` (LLaVA's conversion); it is
-correct when it equals the ground-truth answer exactly.  Accuracy in percent.
+correct when it equals the ground-truth answer exactly.  Accuracy in percent,
+over the answered questions (the official eval.py stops at an unanswered one;
+``n_missing`` counts them).  An id answered twice keeps its last answer, as
+eval.py's predictions dict does.
 """
 
 from __future__ import annotations

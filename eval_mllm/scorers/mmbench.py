@@ -22,6 +22,15 @@ Reading the option from an answer: a leading letter ("B", "B.", "(B)",
 "B)", ...) among the question's letters; else the text equal (case-folded,
 trailing period dropped) to exactly one of the options shown that round.
 
+The official evaluation is OpenCompass's (the MMBench server, which scores
+LLaVA-1.5's published numbers from the ``--submission-out`` table): circular
+evaluation as above, reading each answer by option matching first and asking
+an LLM (ChatGPT) only for answers that matching cannot place.  This scorer is
+that rule without the LLM step: an answer only the LLM could place counts as
+wrong here, so a model that answers with the bare letter (as LLaVA-1.5 is
+prompted to) scores the same, and a chattier one can score lower.  An answer
+whose round is not one of its question's rounds is an error (naming the line).
+
 Test split: ``--submission-out`` writes the round-0 answers as a table with
 columns index, question, A, B, C, D (E if present), prediction; a ``.csv``
 path gives comma-separated values, anything else tab-separated.  OpenCompass

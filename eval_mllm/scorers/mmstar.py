@@ -1,5 +1,14 @@
 """MMStar: multiple choice (A-D), accuracy overall and per category.
 
+The official rule: none that runs offline.  MMStar's authors score with
+VLMEvalKit (option matching, then an LLM judge for the answers it cannot
+match), and lmms-eval with its own letter-extraction heuristics (which, for
+one, read "A cat" as option A).  This scorer applies the rule-based reading
+below, the one of our other multiple-choice scorers, for models prompted as
+LLaVA-1.5 is ("Answer with the option's letter from the given choices
+directly"); on free-form answers it can score lower than either toolkit, so
+compare MMStar numbers only with rows scored the same way.
+
 Inputs: ``--question-file``, MMStar's TSV (columns index, question, answer,
 category, l2_category, image) or a JSON/JSONL list of records with the same
 fields, and ``--result-file`` (answers JSONL, ``question_id`` = index).

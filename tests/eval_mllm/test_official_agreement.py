@@ -73,6 +73,10 @@ def test_scienceqa_agrees_with_llava_eval_science_qa(tmp_path):
             prompt = ("<image>\n" if problems[pid]["image"] else "") + "Question: ?\nOptions: ..."
             answers.append({"question_id": pid, "prompt": prompt, "text": text,
                             "answer_id": "x", "model_id": "m", "metadata": {}})
+        # ids answered again further down (an appended rerun): LLaVA's dict keeps the last
+        for again in rng.sample(answers, 8):
+            letter = rng.choice("ABCDE")
+            answers.append(dict(again, text=rng.choice(SQA_TEXTS).format(L=letter, l=letter.lower(), X="A")))
         base = tmp_path / f"sqa{seed}"
         base.mkdir()
         (base / "problems.json").write_text(json.dumps(problems))
@@ -212,6 +216,8 @@ def test_gqa_agrees_with_official_rules(tmp_path):
             a = rng.choice([gold, "blue", "Yes"])
             answers.append({"question_id": qid, "prompt": "?", "text":
                             rng.choice(GQA_TEXTS).format(a=a, A=a.upper())})
+        for again in rng.sample(answers, 6):  # answered again: the later prediction wins
+            answers.append(dict(again, text=rng.choice(["blue", "no", again["text"].upper()])))
         folder = tmp_path / f"gqa{seed}"
         folder.mkdir()
         ann = folder / "testdev_balanced_questions.json"

@@ -40,7 +40,8 @@ def test_shuffled_answers_same_result(files, tmp_path, h):
 
 
 def test_truncated_missing_duplicate_unknown(files, tmp_path, h):
-    pairs = [("201", "left"), ("201", "right"), ("204", "yes"), ("999", "x")]
+    # 201 answered twice: the last answer wins, as in LLaVA's scripts
+    pairs = [("201", "right"), ("201", "left"), ("204", "yes"), ("999", "x")]
     m = run(files, h.answers_file(tmp_path / "a.jsonl", pairs, h.TRUNCATED_TAIL))
     # 204 is annotated but not in the question file: unknown too
     assert (m["n_scored"], m["n_missing"], m["n_duplicates"], m["n_unknown"],

@@ -15,7 +15,7 @@ def qfile(tmp_path, h):
 
 def test_mmvet_submission(qfile, tmp_path, h):
     out = tmp_path / "mmvet.json"
-    result = h.answers_file(tmp_path / "a.jsonl", [(1, "b"), (0, "a"), (0, "dup"), (7, "?")],
+    result = h.answers_file(tmp_path / "a.jsonl", [(1, "b"), (0, "dup"), (0, "a"), (7, "?")],
                             h.TRUNCATED_TAIL)
     m = judged.score_mmvet(str(result), str(out), qfile)
     assert json.loads(out.read_text()) == {"v1_0": "a", "v1_1": "b", "v1_2": ""}

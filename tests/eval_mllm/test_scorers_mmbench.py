@@ -85,9 +85,10 @@ def test_shuffled_answers_same_result(qfile, tmp_path, h):
 
 
 def test_truncated_missing_duplicate_unknown(qfile, tmp_path, h):
-    # drop round 3 of question 12; repeat (10, 0); question 99 (rounds 5 and 0) is unknown
-    # (a round out of range for a known question is an error: test_bad_inputs.py)
-    triples = CIRCULAR[:-1] + [(10, 0, "C"), (99, 5, "A"), (99, 0, "A")]
+    # drop round 3 of question 12; (10, 0) answered twice (the last answer wins, as in LLaVA's
+    # conversion); question 99 (rounds 5 and 0) is unknown (a round out of range for a known
+    # question is an error: test_bad_inputs.py)
+    triples = [(10, 0, "C")] + CIRCULAR[:-1] + [(99, 5, "A"), (99, 0, "A")]
     m = mmbench.score(qfile, write_answers(tmp_path / "a.jsonl", h, triples, h.TRUNCATED_TAIL))
     assert (m["n_scored"], m["n_missing"], m["n_partial"], m["n_duplicates"], m["n_unknown"],
             m["n_truncated_lines"]) == (2, 1, 1, 1, 2, 1)

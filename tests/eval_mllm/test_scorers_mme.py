@@ -88,8 +88,8 @@ def test_shuffled_answers_same_result(tmp_path, h):
 
 
 def test_truncated_missing_duplicate_unknown(tmp_path, h):
-    # answer 3 (img2's second question) missing, answer 0 repeated, id 42 unknown
-    pairs = [p for p in ANSWERS if p[0] != 3] + [(0, "No"), (42, "Yes")]
+    # answer 3 (img2's second question) missing, answer 0 repeated (the last one wins), id 42 unknown
+    pairs = [(0, "No")] + [p for p in ANSWERS if p[0] != 3] + [(42, "Yes")]
     m = mme.score(question_file=str(question_file(tmp_path, h)),
                   result_file=str(h.answers_file(tmp_path / "a.jsonl", pairs, h.TRUNCATED_TAIL)))
     assert (m["n_scored"], m["n_missing"], m["n_duplicates"], m["n_unknown"],

@@ -63,7 +63,7 @@ def test_shuffled_answers_same_result(tsv, tmp_path, h):
 
 
 def test_truncated_missing_duplicate_unknown(tsv, tmp_path, h):
-    pairs = ANSWERS[:4] + [(1, "B"), (6, "A")]
+    pairs = [(1, "B")] + ANSWERS[:4] + [(6, "A")]  # 1 answered twice: the last answer wins
     m = mmstar.score(tsv, str(h.answers_file(tmp_path / "a.jsonl", pairs, h.TRUNCATED_TAIL)))
     assert (m["n_scored"], m["n_missing"], m["n_duplicates"], m["n_unknown"],
             m["n_truncated_lines"]) == (4, 1, 1, 1, 1)

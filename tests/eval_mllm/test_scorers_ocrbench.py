@@ -46,7 +46,7 @@ def test_shuffled_answers_same_result(qfile, tmp_path, h):
 
 
 def test_truncated_missing_duplicate_unknown(qfile, tmp_path, h):
-    pairs = [ANSWERS[0], ANSWERS[2], (0, "wrong"), (1000, "x")]
+    pairs = [(0, "wrong"), ANSWERS[0], ANSWERS[2], (1000, "x")]  # the last answer for 0 wins
     m = ocrbench.score(qfile, str(h.answers_file(tmp_path / "a.jsonl", pairs, h.TRUNCATED_TAIL)))
     assert (m["n_scored"], m["n_missing"], m["n_duplicates"], m["n_unknown"],
             m["n_truncated_lines"]) == (2, 3, 1, 1, 1)

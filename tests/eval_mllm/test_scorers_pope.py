@@ -93,10 +93,10 @@ def test_truncated_last_line_skipped(files, tmp_path, h):
 
 def test_missing_duplicate_unknown_counted(files, tmp_path, h):
     # drop question 8; repeat question 1 with the opposite answer; add id 99
-    pairs = ANSWERS[:7] + [(1, "No"), (99, "Yes")]
+    pairs = [(1, "No")] + ANSWERS[:7] + [(99, "Yes")]
     m = run(files, h.answers_file(tmp_path / "a.jsonl", pairs))
     assert (m["n_scored"], m["n_missing"], m["n_duplicates"], m["n_unknown"]) == (7, 1, 1, 1)
-    assert m["splits"]["adversarial"]["tp"] == 1  # first answer for id 1 kept
+    assert m["splits"]["adversarial"]["tp"] == 1  # the last answer for id 1 kept
     # random now has TP=1 only -> acc 100, F1 100
     assert m["splits"]["random"]["f1"] == pytest.approx(100.0)
 

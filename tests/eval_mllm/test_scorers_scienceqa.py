@@ -64,7 +64,7 @@ def test_shuffled_answers_same_result(base, tmp_path, h):
 
 def test_truncated_missing_duplicate_unknown(base, tmp_path, h):
     # 4 missing (counted wrong, as LLaVA); 1 repeated; 5 is not in the test split
-    pairs = ANSWERS[:3] + [("1", "B"), ("5", "A")]
+    pairs = [("1", "B")] + ANSWERS[:3] + [("5", "A")]  # the last answer for 1 wins, as LLaVA's dict
     path = str(sqa_answers(tmp_path / "a.jsonl", pairs, h, h.TRUNCATED_TAIL))
     m = scienceqa.score(base, path)
     assert (m["n_scored"], m["n_missing"], m["n_duplicates"], m["n_unknown"],

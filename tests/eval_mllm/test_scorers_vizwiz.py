@@ -48,7 +48,7 @@ def test_shuffled_answers_same_result(ann, tmp_path, h):
 
 
 def test_truncated_missing_duplicate_unknown(ann, tmp_path, h):
-    pairs = [ANSWERS[1], ("VizWiz_val_00000001.jpg", "can"), ("VizWiz_val_99.jpg", "x")]
+    pairs = [("VizWiz_val_00000001.jpg", "can"), ANSWERS[1], ("VizWiz_val_99.jpg", "x")]  # last wins
     m = vizwiz.score(str(h.answers_file(tmp_path / "a.jsonl", pairs, h.TRUNCATED_TAIL)),
                      annotation_file=ann)
     assert (m["n_scored"], m["n_missing"], m["n_duplicates"], m["n_unknown"],

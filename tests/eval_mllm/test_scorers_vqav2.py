@@ -55,7 +55,7 @@ def test_shuffled_answers_same_result(ann, tmp_path, h):
 
 
 def test_truncated_missing_duplicate_unknown(ann, tmp_path, h):
-    pairs = [(1, "yes"), (3, "red"), (1, "no"), (77, "yes")]
+    pairs = [(1, "no"), (1, "yes"), (3, "red"), (77, "yes")]  # the last answer for 1 wins
     m = vqav2.score(str(h.answers_file(tmp_path / "a.jsonl", pairs, h.TRUNCATED_TAIL)),
                     annotation_file=ann)
     assert (m["n_scored"], m["n_missing"], m["n_duplicates"], m["n_unknown"],
