@@ -84,6 +84,7 @@ def _copy_processor_files(src, dst) -> None:
 def checkpoint_summary(directory: str) -> dict:
     """Total and active (per-token) parameters of a CLIP-MoE checkpoint, from its config and weights' shapes."""
     from .checkpoint_io import check_moe_directory, safetensors_shapes
+    from .moe import named_expert_parameters
 
     config = check_moe_directory(directory)
     files = [f for f in sorted(os.listdir(directory)) if f.endswith(".safetensors")]
@@ -92,23 +93,34 @@ def checkpoint_summary(directory: str) -> dict:
     shapes = {}
     for f in files:
         shapes.update(safetensors_shapes(os.path.join(directory, f)))
-    towers = {"vision": config} if config["model_type"] == "clipmoe_vision_model" else {
-        "vision": config["vision_config"], "text": config["text_config"]}
     summary = {"model_type": config["model_type"], "towers": {}}
     total = sum(_numel(s) for s in shapes.values())
     active = total
-    for name, cfg in towers.items():
-        e, k = cfg["num_experts"], cfg["num_experts_per_tok"]
-        from .configuration import resolve_moe_layers
-
-        layers = resolve_moe_layers(cfg.get("moe_layers"), cfg["num_hidden_layers"])
-        expert_params = sum(_numel(s) for key, s in shapes.items() if ".mlp.experts." in key and key.startswith(f"{name}_model."))
+    model = _meta_model(directory)
+    for name in ("vision", "text"):
+        tower = getattr(model, f"{name}_model", None)
+        if tower is None:
+            continue
+        cfg = tower.config
+        e, k = cfg.num_experts, cfg.num_experts_per_tok
+        experts = {n for n, _ in named_expert_parameters(tower, prefix=f"{name}_model")}
+        expert_params = sum(_numel(s) for key, s in shapes.items() if key in experts)
         active -= expert_params * (e - k) // e  # a token runs k of the e experts
-        summary["towers"][name] = {"num_experts": e, "top_k": k, "moe_layers": layers,
-                                   "num_layers": cfg["num_hidden_layers"], "expert_parameters": expert_params}
+        summary["towers"][name] = {"num_experts": e, "top_k": k, "moe_layers": cfg.moe_layer_indices,
+                                   "num_layers": cfg.num_hidden_layers, "expert_parameters": expert_params}
     summary["total_parameters"] = total
     summary["active_parameters"] = active
     return summary
+
+
+def _meta_model(directory):
+    """The checkpoint's model class (through AutoModel) built without memory, to find its parts by type."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(directory)
+    with torch.device("meta"):
+        return AutoModel.from_config(config)
 
 
 def _numel(shape) -> int:

@@ -265,3 +265,31 @@ def summed_over_processes(stats: list[RoutingStats]) -> list[RoutingStats]:
             start += shape.numel()
         out.append(RoutingStats(**values))
     return out
+
+
+# What trains is decided by module type, never by parameter-name substrings: a renamed or added
+# submodule (a shared expert next to the routed ones) then cannot silently join or leave a group.
+def named_router_parameters(module: nn.Module, prefix: str = ""):
+    """(name, parameter) of every `TopKRouter` inside `module`, names as module.named_parameters gives."""
+    return _named_parameters_of(module, TopKRouter, prefix)
+
+
+def named_expert_parameters(module: nn.Module, prefix: str = ""):
+    """(name, parameter) of every `StackedExperts` inside `module`."""
+    return _named_parameters_of(module, StackedExperts, prefix)
+
+
+def router_parameters(module: nn.Module) -> list[nn.Parameter]:
+    return [p for _, p in named_router_parameters(module)]
+
+
+def expert_parameters(module: nn.Module) -> list[nn.Parameter]:
+    return [p for _, p in named_expert_parameters(module)]
+
+
+def _named_parameters_of(module, kind, prefix):
+    found = []
+    for name, sub in module.named_modules(prefix=prefix.rstrip(".")):
+        if isinstance(sub, kind):
+            found.extend(sub.named_parameters(prefix=name, recurse=False))
+    return found

@@ -27,7 +27,7 @@ from .checkpoint_io import MOE_MODEL_TYPES, looks_local
 from .configuration import CLIPMoEConfig, CLIPMoEVisionConfig
 from .errors import CLIPMoEError
 from .modeling import CLIPMoEVisionModel
-from .moe import MoEFeedForward
+from .moe import MoEFeedForward, named_expert_parameters, named_router_parameters
 
 DEFAULT_TOWER_ENV = "CLIPMOE_VISION_TOWER"
 PREFIX = "clipmoe:"
@@ -251,13 +251,16 @@ class CLIPMoEVisionTower(nn.Module):
             raise CLIPMoEError(f"mm_vision_moe_tune must be one of {TUNE_MODES}, got {mode!r}")
         self.tune = mode
         self.vision_tower.requires_grad_(False)
-        for name, p in self.vision_tower.named_parameters():
-            if (".mlp.router." in name and mode != "none") or (".mlp.experts." in name and mode == "routers_experts"):
-                p.requires_grad_(True)
+        if mode == "routers":
+            trained = named_router_parameters(self.vision_tower)
+        else:
+            trained = self.moe_parameters() if mode == "routers_experts" else []
+        for _, p in trained:
+            p.requires_grad_(True)
 
     def moe_parameters(self):
         """(name, parameter) of the routers and experts, names relative to this tower."""
-        return [(n, p) for n, p in self.vision_tower.named_parameters() if ".mlp.router." in n or ".mlp.experts." in n]
+        return named_router_parameters(self.vision_tower) + named_expert_parameters(self.vision_tower)
 
     def llava_config_fields(self) -> dict:
         """What LLaVA's config must hold for `delay_load=True` to rebuild this tower exactly."""

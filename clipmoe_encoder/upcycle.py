@@ -13,6 +13,7 @@ from .configuration import MOE_FIELDS, CLIPMoEConfig, CLIPMoETextConfig, CLIPMoE
 from .convert import infer_configs, open_clip_state_dict, openai_state_dict_to_hf, stretch_text_positions
 from .errors import CLIPMoEError
 from .modeling import CLIPMoEModel, CLIPMoEVisionModel
+from .moe import StackedExperts, named_router_parameters
 
 _FFN = re.compile(r"^(?P<layer>(?:vision|text)_model\.encoder\.layers\.\d+\.)mlp\.(?P<fc>fc1|fc2)\.(?P<kind>weight|bias)$")
 _DENSE_FIELDS = {
@@ -55,19 +56,17 @@ def load_dense(source) -> DenseCLIP:
 
 
 def _load_transformers(path):
-    from transformers import CLIPModel, CLIPVisionModel
+    from transformers import AutoModel
 
     from .checkpoint_io import read_config_json
 
     model_type = read_config_json(path).get("model_type")
-    if model_type == "clip":
-        return CLIPModel.from_pretrained(path)
-    if model_type == "clip_vision_model":
-        return CLIPVisionModel.from_pretrained(path)
-    raise CLIPMoEError(
-        f"{os.path.join(path, 'config.json')}: field 'model_type' is {model_type!r}; "
-        "upcycling takes a dense CLIP ('clip' or 'clip_vision_model')"
-    )
+    if model_type not in ("clip", "clip_vision_model"):
+        raise CLIPMoEError(
+            f"{os.path.join(path, 'config.json')}: field 'model_type' is {model_type!r}; "
+            "upcycling takes a dense CLIP ('clip' or 'clip_vision_model')"
+        )
+    return AutoModel.from_pretrained(path)  # CLIPModel or CLIPVisionModel
 
 
 def _from_transformers(model, source="") -> DenseCLIP:
@@ -109,27 +108,34 @@ def _moe_settings(num_experts, top_k, moe_layers, extra):
 
 
 def build_model(dense: DenseCLIP, experts_from: list[DenseCLIP], top_k=2, moe_layers=None, text_moe_layers="same",
-                vision_only=None, text_positions=None, **moe_kwargs):
+                vision_only=None, text_positions=None, seed: int | None = 0, **moe_kwargs):
     """Build the CLIP-MoE whose expert j in every MoE block is the FFN of `experts_from[j]`;
-    every other tensor comes from `dense` (routers keep their fresh initialisation)."""
+    every other tensor comes from `dense` (routers keep their fresh initialisation, drawn from
+    `seed` without disturbing the caller's RNG; None = from the caller's RNG)."""
     num_experts = len(experts_from)
     vision_cfg = CLIPMoEVisionConfig(**dense.vision, **_moe_settings(num_experts, top_k, moe_layers, moe_kwargs))
-    only_vision = dense.text is None if vision_only is None else vision_only
-    if only_vision:
-        model = CLIPMoEVisionModel(vision_cfg)
+    if dense.text is None if vision_only is None else vision_only:
+        model_class, config = CLIPMoEVisionModel, vision_cfg
     else:
-        if dense.text is None:
-            raise CLIPMoEError(f"{dense.source}: has no text tower, so a two-tower CLIP-MoE cannot be built")
-        text = dict(dense.text)
-        if text_positions:
-            text["max_position_embeddings"] = text_positions
         text_layers = moe_layers if text_moe_layers == "same" else text_moe_layers
-        text_cfg = CLIPMoETextConfig(**text, **_moe_settings(num_experts, top_k, text_layers, moe_kwargs))
-        config = CLIPMoEConfig(text_config=text_cfg, vision_config=vision_cfg, projection_dim=dense.projection_dim,
-                               logit_scale_init_value=dense.logit_scale)
-        model = CLIPMoEModel(config)
+        model_class, config = CLIPMoEModel, _two_tower_config(dense, vision_cfg, text_positions, _moe_settings(num_experts, top_k, text_layers, moe_kwargs))
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = model_class(config)
     model.load_state_dict(_moe_state_dict(model, dense, experts_from, text_positions), strict=False)
     return model.eval()
+
+
+def _two_tower_config(dense, vision_cfg, text_positions, text_moe_settings):
+    if dense.text is None:
+        raise CLIPMoEError(f"{dense.source}: has no text tower, so a two-tower CLIP-MoE cannot be built")
+    text = dict(dense.text)
+    if text_positions:
+        text["max_position_embeddings"] = text_positions
+    text_cfg = CLIPMoETextConfig(**text, **text_moe_settings)
+    return CLIPMoEConfig(text_config=text_cfg, vision_config=vision_cfg, projection_dim=dense.projection_dim,
+                         logit_scale_init_value=dense.logit_scale)
 
 
 def _moe_state_dict(model, dense, experts_from, text_positions):
@@ -152,7 +158,8 @@ def _moe_state_dict(model, dense, experts_from, text_positions):
             raise CLIPMoEError(f"{dense.source}: tensor {key!r} has no place in the CLIP-MoE model")
         if tuple(target[key].shape) != tuple(value.shape):
             raise CLIPMoEError(f"{dense.source}: tensor {key!r} has shape {list(value.shape)}, the model expects {list(target[key].shape)}")
-    missing = [k for k in target if k not in out and ".mlp.router." not in k]
+    routers = {name for name, _ in named_router_parameters(model)}  # freshly initialised, not from the dense CLIP
+    missing = [k for k in target if k not in out and k not in routers]
     if missing:
         raise CLIPMoEError(f"{dense.source}: tensor {missing[0]!r} is missing (and {len(missing) - 1} more)")
     return out
@@ -169,8 +176,7 @@ def upcycle(dense, num_experts: int = 4, top_k: int = 2, moe_layers=None, text_m
     """Sparse upcycling: every expert starts as a copy of the dense FFN; routers are random
     (seeded). With all experts equal the MoE computes exactly the dense function."""
     d = load_dense(dense)
-    with _seeded(seed):
-        return build_model(d, [d] * num_experts, top_k, moe_layers, text_moe_layers, vision_only, text_positions, **moe_kwargs)
+    return build_model(d, [d] * num_experts, top_k, moe_layers, text_moe_layers, vision_only, text_positions, seed, **moe_kwargs)
 
 
 def assemble_experts(checkpoints, top_k: int = 2, moe_layers=None, text_moe_layers="same", vision_only=None,
@@ -180,8 +186,7 @@ def assemble_experts(checkpoints, top_k: int = 2, moe_layers=None, text_moe_laye
     dense = [load_dense(c) for c in checkpoints]
     if len(dense) < 2:
         raise CLIPMoEError("assemble_experts needs at least two dense checkpoints (one per expert)")
-    with _seeded(seed):
-        probe = build_model(dense[0], dense, top_k, moe_layers, text_moe_layers, vision_only, text_positions, **moe_kwargs)
+    probe = build_model(dense[0], dense, top_k, moe_layers, text_moe_layers, vision_only, text_positions, seed, **moe_kwargs)
     expert_keys = _expert_source_keys(probe)
     base = dense[0]
     for j, other in enumerate(dense[1:], start=1):
@@ -198,26 +203,11 @@ def assemble_experts(checkpoints, top_k: int = 2, moe_layers=None, text_moe_laye
 
 
 def _expert_source_keys(model) -> set[str]:
+    """The dense FFN tensors that became experts: fc1/fc2 of the FFN that holds each StackedExperts."""
     keys = set()
-    for name in model.state_dict():
-        if ".mlp.experts." in name:
-            layer, rest = name.split("mlp.experts.")
-            fc, kind = rest.split("_")
-            keys.add(f"{layer}mlp.{fc}.{kind}")
+    for name, module in model.named_modules():
+        if isinstance(module, StackedExperts):
+            ffn = name.rsplit(".", 1)[0]
+            keys.update(f"{ffn}.{fc}.{kind}" for fc in ("fc1", "fc2") for kind in ("weight", "bias"))
     return keys
 
-
-class _seeded:
-    """Seed the router initialisation without disturbing the caller's RNG."""
-
-    def __init__(self, seed):
-        self.seed = seed
-
-    def __enter__(self):
-        if self.seed is not None:
-            self.state = torch.random.get_rng_state()
-            torch.manual_seed(self.seed)
-
-    def __exit__(self, *exc):
-        if self.seed is not None:
-            torch.random.set_rng_state(self.state)

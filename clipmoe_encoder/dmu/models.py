@@ -4,7 +4,6 @@ always together with the tokenizer and image processor that live in the same dir
 from __future__ import annotations
 
 import os
-import re
 import shutil
 
 import torch
@@ -12,22 +11,20 @@ import torch
 from ..checkpoint_io import read_config_json, require_path
 from ..errors import CLIPMoEError
 from ..modeling import CLIPMoEModel
+from ..moe import named_expert_parameters, named_router_parameters
 
-_FFN_PARAM = re.compile(r"^(?P<tower>vision|text)_model\.encoder\.layers\.(?P<layer>\d+)\.mlp\.(?P<part>.+)$")
 TRAINABLE_CHOICES = ("all", "ffn", "router", "router+experts")
 
 
 def load_model(path):
     """A dense CLIP (model_type 'clip') or a two-tower CLIP-MoE ('clipmoe') from a directory."""
-    from transformers import CLIPModel
+    from transformers import AutoModel
 
     path = require_path(os.fspath(path), "model directory")
     model_type = read_config_json(path).get("model_type")
-    if model_type == "clip":
-        return CLIPModel.from_pretrained(path)
-    if model_type == "clipmoe":
-        return CLIPMoEModel.from_pretrained(path)
-    raise CLIPMoEError(f"{os.path.join(path, 'config.json')}: field 'model_type' is {model_type!r}; expected 'clip' or 'clipmoe' (a two-tower CLIP)")
+    if model_type not in ("clip", "clipmoe"):
+        raise CLIPMoEError(f"{os.path.join(path, 'config.json')}: field 'model_type' is {model_type!r}; expected 'clip' or 'clipmoe' (a two-tower CLIP)")
+    return AutoModel.from_pretrained(path)  # CLIPModel or CLIPMoEModel (registered by clipmoe_encoder)
 
 
 def load_preprocessors(path):
@@ -60,10 +57,32 @@ def tower_depth(model, tower: str) -> int:
     return int(cfg.num_hidden_layers)
 
 
-def select_trainable(model, what: str, towers: str = "both", last_k_blocks: int | None = None, train_logit_scale: bool = False):
-    """Set requires_grad and return [(name, parameter)] of what trains.
+def named_dense_ffn_parameters(model):
+    """(name, parameter) of the dense FFNs (transformers' CLIPMLP, or a CLIP-MoE's non-MoE blocks)."""
+    from transformers.models.clip.modeling_clip import CLIPMLP
 
-    what: "all" | "ffn" (FFN / experts, not routers) | "router" | "router+experts".
+    from ..modeling import CLIPMoEMLP
+
+    return [(f"{name}.{p_name}", p) for name, sub in model.named_modules() if isinstance(sub, (CLIPMLP, CLIPMoEMLP))
+            for p_name, p in sub.named_parameters()]
+
+
+def _selected_blocks(model, towers: str, last_k_blocks: int | None):
+    """The encoder blocks whose FFN parts may train: of both towers or the vision one, the last K or all."""
+    blocks = []
+    for tower in ("vision", "text") if towers == "both" else ("vision",):
+        layers = getattr(model, f"{tower}_model").encoder.layers
+        first = 0 if last_k_blocks is None else max(len(layers) - last_k_blocks, 0)
+        blocks.extend(layers[first:])
+    return blocks
+
+
+def select_trainable(model, what: str, towers: str = "both", last_k_blocks: int | None = None, train_logit_scale: bool = False):
+    """Set requires_grad and return [(name, parameter)] of what trains, in named_parameters order.
+
+    what: "all" | "ffn" (dense FFNs / experts, not routers) | "router" | "router+experts"; the parts
+    are found by module type, so another submodule inside a block's FFN (a shared expert) is never
+    taken for one of them.
     towers: "both" | "vision" (restricts FFN/router selection to the vision tower).
     last_k_blocks: only the last K blocks of each tower (None = all blocks).
     """
@@ -71,26 +90,18 @@ def select_trainable(model, what: str, towers: str = "both", last_k_blocks: int 
         raise CLIPMoEError(f"trainable must be one of {', '.join(TRAINABLE_CHOICES)}, got {what!r}")
     if towers not in ("both", "vision"):
         raise CLIPMoEError(f"towers must be 'both' or 'vision', got {towers!r}")
+    wanted = set()
+    if what != "all":
+        for block in _selected_blocks(model, towers, last_k_blocks):
+            parts = []
+            if what in ("ffn", "router+experts"):
+                parts += named_dense_ffn_parameters(block) + named_expert_parameters(block)
+            if what in ("router", "router+experts"):
+                parts += named_router_parameters(block)
+            wanted.update(id(p) for _, p in parts)
     chosen = []
     for name, param in model.named_parameters():
-        train = False
-        if name == "logit_scale":
-            train = train_logit_scale
-        elif what == "all":
-            train = True
-        else:
-            m = _FFN_PARAM.match(name)
-            if m and (towers == "both" or m["tower"] == "vision"):
-                depth = tower_depth(model, m["tower"])
-                in_blocks = last_k_blocks is None or int(m["layer"]) >= depth - last_k_blocks
-                part = m["part"]
-                is_router = part.startswith("router.")
-                is_ffn = part.startswith(("fc1.", "fc2.", "experts."))
-                train = in_blocks and {
-                    "ffn": is_ffn,
-                    "router": is_router,
-                    "router+experts": is_router or is_ffn,
-                }[what]
+        train = train_logit_scale if name == "logit_scale" else what == "all" or id(param) in wanted
         param.requires_grad_(train)
         if train:
             chosen.append((name, param))

@@ -36,6 +36,7 @@ from .features import compute_features, load_tensors, save_tensors
 from .models import (
     load_model,
     load_preprocessors,
+    named_dense_ffn_parameters,
     save_model_dir,
     set_frozen_logit_scale,
     text_length,
@@ -188,7 +189,8 @@ def _ffn_only(stage_model, base):
     from an MCL stage, so a trained logit scale (logit_scale=None) or the bf16 copy a DeepSpeed run
     saved cannot make the checkpoints disagree outside the experts."""
     stage_model = stage_model.float()
-    state = {k: v for k, v in base.state_dict().items() if ".mlp.fc1." not in k and ".mlp.fc2." not in k}
+    ffn = {name for name, _ in named_dense_ffn_parameters(base)}
+    state = {k: v for k, v in base.state_dict().items() if k not in ffn}
     stage_model.load_state_dict(state, strict=False)
     return stage_model
 

@@ -21,7 +21,7 @@ from transformers import get_cosine_schedule_with_warmup
 from ..errors import CLIPMoEError
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import is_deepspeed, make_accelerator
-from ..moe import aux_losses, summed_over_processes
+from ..moe import aux_losses, router_parameters, summed_over_processes
 from .losses import contrastive_loss
 from .models import (
     is_moe,
@@ -63,11 +63,12 @@ class StageSpec:
     skip_bad: bool = False
 
 
-def _optimizer(named_params, spec: StageSpec):
+def _optimizer(model, named_params, spec: StageSpec):
     """AdamW; no weight decay on biases and norms; routers in their own group when lr_router is set."""
+    routers = {id(p) for p in router_parameters(model)}
     groups = {}
     for name, p in named_params:
-        router = spec.lr_router is not None and ".mlp.router." in name
+        router = spec.lr_router is not None and id(p) in routers
         decay = p.ndim >= 2 and name != "logit_scale"
         lr = spec.lr_router if router else spec.lr
         wd = (spec.wd_router if router else spec.weight_decay) if decay else 0.0
@@ -146,7 +147,7 @@ def train_stage(accelerator, model, dataset, spec: StageSpec, stage_dir: str, la
     if spec.max_steps is not None:
         total_steps = min(total_steps, spec.max_steps) if spec.epochs else spec.max_steps
     epochs_needed = math.ceil(total_steps / steps_per_epoch)
-    optimizer = _optimizer(named, spec)
+    optimizer = _optimizer(model, named, spec)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(spec.warmup_steps, total_steps), total_steps)
     if is_deepspeed(accelerator):  # ZeRO needs the per-GPU micro batch; we build our own loader
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = sampler.local_batch

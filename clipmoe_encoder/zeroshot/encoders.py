@@ -155,23 +155,19 @@ def _is_open_clip(model) -> bool:
 
 
 def _load_directory(path, device, tokenizer, image_processor) -> HFCLIPEncoder:
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+    from transformers import AutoModel, AutoTokenizer, CLIPImageProcessor
 
-    from .. import CLIPMoEModel
     from ..checkpoint_io import read_config_json, require_path
 
     if not os.path.isdir(require_path(path, "model directory")):
         raise CLIPMoEError(f"{path}: not a directory; --model takes a saved model directory or 'open_clip:<name>:<checkpoint>'")
     model_type = read_config_json(path).get("model_type")
-    if model_type == "clip":
-        model = CLIPModel.from_pretrained(path)
-    elif model_type == "clipmoe":
-        model = CLIPMoEModel.from_pretrained(path)
-    else:
+    if model_type not in ("clip", "clipmoe"):
         raise CLIPMoEError(
             f"{os.path.join(path, 'config.json')}: field 'model_type' is {model_type!r}; zero-shot evaluation needs "
             "both towers ('clip' or 'clipmoe')"
         )
+    model = AutoModel.from_pretrained(path)  # CLIPModel or CLIPMoEModel (registered by clipmoe_encoder)
     if tokenizer is None:
         if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
             raise CLIPMoEError(
