@@ -45,9 +45,14 @@ def checkpoint_kind(model_path: str) -> str:
     config_path = os.path.join(model_path, "config.json")
     if not os.path.isfile(config_path):
         raise EvalInputError(f"{model_path}: no config.json (not a model checkpoint directory)")
-    with open(config_path) as f:
-        model_type = json.load(f).get("model_type")
-    return "hf" if model_type == "llava" else "llava"
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EvalInputError(f"{config_path}: not a JSON model config ({exc})") from None
+    if not isinstance(config, dict):
+        raise EvalInputError(f"{config_path}: expected a JSON object (a model config)")
+    return "hf" if config.get("model_type") == "llava" else "llava"
 
 
 def _default_device():

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .errors import EvalInputError
-from .scorers.common import ScorerInputError, read_table
+from .scorers.common import ScorerInputError, not_utf8_error, read_table
 from .scorers.mmbench import absent, options_of
 
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -86,29 +86,37 @@ def _open(path):
     return open(path, encoding="utf-8-sig")
 
 
+def _read_text(path) -> str:
+    """The whole question file; one that is not UTF-8 is an error naming its first bad line."""
+    with _open(path) as f:
+        try:
+            return f.read()
+        except UnicodeDecodeError:
+            raise EvalInputError(str(not_utf8_error(path))) from None
+
+
 def read_llava_jsonl(path) -> list[Question]:
     """``{"question_id", "image"?, "text", ...}`` per line (model_vqa_loader's input)."""
     questions = []
-    with _open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EvalInputError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise EvalInputError(f"{where}: expected a JSON object")
-            for name in ("question_id", "text"):
-                if name not in rec:
-                    raise EvalInputError(f"{where}: missing field '{name}'")
-            if not isinstance(rec["text"], str):
-                raise EvalInputError(f"{where}: field 'text' must be a string")
-            image = rec.get("image")
-            if image is not None and not isinstance(image, str):
-                raise EvalInputError(f"{where}: field 'image' must be a string")
-            questions.append(Question(rec["question_id"], rec["text"], rec["text"], where, image=image))
+    for lineno, line in enumerate(_read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {lineno}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EvalInputError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(rec, dict):
+            raise EvalInputError(f"{where}: expected a JSON object")
+        for name in ("question_id", "text"):
+            if name not in rec:
+                raise EvalInputError(f"{where}: missing field '{name}'")
+        if not isinstance(rec["text"], str):
+            raise EvalInputError(f"{where}: field 'text' must be a string")
+        image = rec.get("image")
+        if image is not None and not isinstance(image, str):
+            raise EvalInputError(f"{where}: field 'image' must be a string")
+        questions.append(Question(rec["question_id"], rec["text"], rec["text"], where, image=image))
     return questions
 
 
@@ -117,11 +125,10 @@ def read_scienceqa(path, single_pred_prompt=True) -> list[Question]:
 
     As model_vqa_science: the first (human) turn without ``<image>``; the prompt
     field gets ``<image>\\n`` when the problem has an image."""
-    with _open(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise EvalInputError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise EvalInputError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
     if not isinstance(data, list):
         raise EvalInputError(f"{path}: expected a JSON list of problems")
     questions = []

@@ -97,7 +97,7 @@ def check_fields(record, fields, path, where):
                 f"{path}: {where}: field '{name}' must be {_type_name(types)}, got {got}")
 
 
-def _not_utf8(path):
+def not_utf8_error(path):
     """The error for a file that is not UTF-8, naming the line and byte of its first bad byte
     (a text reader decodes in chunks, so its own offsets do not say where)."""
     with open(path, "rb") as f:
@@ -119,7 +119,7 @@ def _read_text(path):
         try:
             return f.read()
         except UnicodeDecodeError:
-            raise _not_utf8(path) from None
+            raise not_utf8_error(path) from None
 
 
 def _parse_json(text, path):
@@ -217,7 +217,7 @@ def read_table(path, columns=()):
                     raise ScorerInputError(f"{path}: line 1: missing column '{name}'")
             return list(reader)
         except UnicodeDecodeError:
-            raise _not_utf8(path) from None
+            raise not_utf8_error(path) from None
         except csv.Error as exc:
             raise ScorerInputError(f"{path}: line {reader.line_num}: {exc}") from None
 

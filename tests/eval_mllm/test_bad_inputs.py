@@ -1,4 +1,4 @@
-"""Bad input to `eval-mllm score` / `merge` / `run`: exit code 2, one `error:` line that names
+"""Bad input to `eval-mllm score` / `merge` / `generate` / `run`: exit code 2, one `error:` line that names
 the file (and the line, field or flag), no traceback, and no user file changed.
 
 Each case builds its files in a fresh folder and returns the command line, the fragments the
@@ -67,6 +67,15 @@ class Files:
         qfile = self.tsv("mmb.tsv", rows)
         return ["score", "mmbench", "--question-file", qfile,
                 "--result-file", self.jsonl("a.jsonl", *answers), *extra]
+
+    def generate(self, q=None, a=None):
+        return ["generate", "--model-path", str(self.root / "no-model"), "--question-file",
+                q or self.jsonl("q.jsonl", *QUESTIONS), "--answers-file", a or str(self.root / "a.jsonl"),
+                "--device", "cpu"]
+
+    def run(self, model, benchmarks="pope"):
+        return ["run", "--model", model, "--benchmarks", benchmarks, "--data-root", self.folder("data"),
+                "--out", str(self.root / "out")]
 
     def good_answers(self):
         return self.jsonl("a.jsonl", *(_answer(q) for q in (1, 2, 3)))
@@ -176,7 +185,30 @@ CASES = [
     ("merge-question-file-missing", lambda f: (
         ["merge", str(f.root / "out.jsonl"), f.good_answers(), "--question-file", str(f.root / "q.jsonl")],
         ["q.jsonl"], [])),
-    # --- run: refused before any model is looked at
+    # --- generate: refused before the model is loaded (the model path does not even exist)
+    ("generate-question-file-not-utf8", lambda f: (
+        f.generate(q=f.text("q.jsonl", _lines(QUESTIONS[0]).encode() + LATIN1)), ["q.jsonl", "line 3", "UTF-8"], [])),
+    ("generate-question-file-cut-line", lambda f: (
+        f.generate(q=f.text("q.jsonl", _lines(QUESTIONS[0]) + '{"question_id": 2,\n' + _lines(QUESTIONS[2]))),
+        ["q.jsonl", "line 2", "not valid JSON"], [])),
+    ("generate-question-without-text", lambda f: (
+        f.generate(q=f.jsonl("q.jsonl", QUESTIONS[0], {"question_id": 2})), ["q.jsonl", "line 2", "'text'"], [])),
+    ("generate-scienceqa-not-json", lambda f: (f.generate(q=f.text("q.json", '[{"id": "1",\n')),
+                                               ["q.json", "line 2", "not valid JSON"], [])),
+    ("generate-answers-file-is-directory", lambda f: (f.generate(a=f.folder("answers")),
+                                                      ["--answers-file", "answers", "directory"], [])),
+    ("generate-answers-file-not-answers", lambda f: (f.generate(a=f.text("a.jsonl", "my notes\nmore notes\n")),
+                                                     ["--answers-file", "a.jsonl", "--overwrite"], ["a.jsonl"])),
+    ("generate-answers-file-other-benchmark", lambda f: (
+        f.generate(a=f.jsonl("a.jsonl", _answer(7), _answer(8))), ["--answers-file", "a.jsonl", "--overwrite"],
+        ["a.jsonl"])),
+    # --- run: refused before any model is loaded
+    ("run-model-config-not-json", lambda f: (
+        f.run(model=os.path.dirname(f.text("model/config.json", '{"model_type": llava'))),
+        ["config.json", "not a JSON model config"], [])),
+    ("run-model-without-config", lambda f: (f.run(model=f.folder("model")), ["model", "no config.json"], [])),
+    ("run-data-missing", lambda f: (f.run(model=os.path.dirname(f.text("model/config.json", "{}"))),
+                                    ["benchmark data not found"], [])),
     ("run-unknown-benchmark", lambda f: (
         ["run", "--model", str(f.root / "model"), "--benchmarks", "pope,nosuchbench", "--data-root",
          f.folder("data"), "--out", str(f.root / "out")], ["--benchmarks", "nosuchbench"], [])),
