@@ -1,27 +1,43 @@
-"""CLIP-MoE: a mixture-of-experts CLIP built from any dense CLIP by Diversified Multiplet Upcycling."""
+"""CLIP-MoE: a mixture-of-experts CLIP built from any dense CLIP by Diversified Multiplet Upcycling.
 
-from transformers import AutoConfig, AutoModel
+`import clipmoe_encoder` registers the CLIP-MoE classes with transformers' AutoConfig / AutoModel
+(auto_registration.py) and imports nothing heavy: the public names load on first use (PEP 562), so
+`clipmoe --help` answers without torch.
+"""
 
-from .configuration import CLIPMoEConfig, CLIPMoETextConfig, CLIPMoEVisionConfig
-from .errors import CLIPMoEError
-from .modeling import CLIPMoEModel, CLIPMoEVisionModel
+import importlib
+import sys
+import types
 
-for _config, _model in ((CLIPMoEVisionConfig, CLIPMoEVisionModel), (CLIPMoEConfig, CLIPMoEModel)):
-    AutoConfig.register(_config.model_type, _config, exist_ok=True)
-    AutoModel.register(_config, _model, exist_ok=True)
-AutoConfig.register(CLIPMoETextConfig.model_type, CLIPMoETextConfig, exist_ok=True)
+from . import auto_registration
 
-from .upcycle import assemble_experts, upcycle  # noqa: E402  (needs the registered classes)
-from .tower import CLIPMoEVisionTower  # noqa: E402
+auto_registration.install()
 
-__all__ = [
-    "CLIPMoEConfig",
-    "CLIPMoEError",
-    "CLIPMoEModel",
-    "CLIPMoETextConfig",
-    "CLIPMoEVisionConfig",
-    "CLIPMoEVisionModel",
-    "CLIPMoEVisionTower",
-    "assemble_experts",
-    "upcycle",
-]
+_LAZY = {
+    "CLIPMoEConfig": "configuration", "CLIPMoETextConfig": "configuration", "CLIPMoEVisionConfig": "configuration",
+    "CLIPMoEError": "errors",
+    "CLIPMoEModel": "modeling", "CLIPMoEVisionModel": "modeling",
+    "assemble_experts": "upcycle", "upcycle": "upcycle",
+    "CLIPMoEVisionTower": "tower",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """`upcycle` names both a submodule and the function it exports: importing the submodule would
+    bind the package attribute to the module and hide the function (the eager import used to rebind
+    it); the function wins, as before."""
+
+    def __setattr__(self, name, value):
+        if name == "upcycle" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -9,7 +9,7 @@ import importlib
 
 _EXPORTS = {
     "Record": "data", "load_records": "data",
-    "DMUSettings": "pipeline", "routing_statistics": "pipeline", "run_baseline": "pipeline", "run_dmu": "pipeline",
+    "DMUSettings": "settings", "routing_statistics": "pipeline", "run_baseline": "pipeline", "run_dmu": "pipeline",
     "train_contrastive": "trainer",
 }
 __all__ = ["DMUSettings", "Record", "load_records", "routing_statistics", "run_baseline", "run_dmu", "train_contrastive"]

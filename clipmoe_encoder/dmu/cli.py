@@ -19,7 +19,7 @@ def _optional(kind):
 
 
 def _add_settings_flags(parser):
-    from .pipeline import DMUSettings
+    from .settings import DMUSettings
 
     hints = typing.get_type_hints(DMUSettings)
     group = parser.add_argument_group("DMU settings (defaults = the paper's)")
@@ -35,7 +35,7 @@ def _add_settings_flags(parser):
 
 
 def _settings(args):
-    from .pipeline import DMUSettings
+    from .settings import DMUSettings
 
     return DMUSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DMUSettings)})
 

@@ -1,0 +1,76 @@
+"""`import clipmoe_encoder` makes transformers' AutoConfig / AutoModel know the CLIP-MoE classes
+without importing transformers or torch itself (in transformers 5 any config class pulls in torch,
+seconds that `clipmoe --help` should not pay).
+
+Registration runs right after transformers loads its auto-class tables: the configs when
+`configuration_auto` is imported, the models when `modeling_auto` is. If a table is already loaded
+when this package is imported, its classes register at once. Either way `AutoConfig` / `AutoModel`
+/ `LlavaForConditionalGeneration.from_pretrained` see CLIP-MoE whenever they first look.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import sys
+
+_CONFIGS = "transformers.models.auto.configuration_auto"
+_MODELS = "transformers.models.auto.modeling_auto"
+
+
+def register_configs() -> None:
+    from transformers import AutoConfig
+
+    from .configuration import CLIPMoEConfig, CLIPMoETextConfig, CLIPMoEVisionConfig
+
+    for config in (CLIPMoEVisionConfig, CLIPMoETextConfig, CLIPMoEConfig):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
+
+
+def register_models() -> None:
+    from transformers import AutoModel
+
+    from .modeling import CLIPMoEModel, CLIPMoEVisionModel
+
+    for model in (CLIPMoEVisionModel, CLIPMoEModel):
+        AutoModel.register(model.config_class, model, exist_ok=True)
+
+
+_AFTER_IMPORT = {_CONFIGS: register_configs, _MODELS: register_models}
+
+
+class _RegisterAfterImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: for the two auto modules it wraps the real loader so that the
+    registration runs once the module has executed."""
+
+    def find_spec(self, name, path, target=None):
+        if name not in _AFTER_IMPORT:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _LoaderThenRegister(spec.loader, _AFTER_IMPORT[name])
+                return spec
+        return None
+
+
+class _LoaderThenRegister(importlib.abc.Loader):
+    def __init__(self, loader, register):
+        self.loader, self.register = loader, register
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        self.register()
+
+
+def install() -> None:
+    for name, register in _AFTER_IMPORT.items():
+        if name in sys.modules:
+            register()
+    if not any(isinstance(finder, _RegisterAfterImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterAfterImport())
