@@ -26,12 +26,13 @@ def _add_settings_flags(parser):
     for field in dataclasses.fields(DMUSettings):
         flag = "--" + field.name.replace("_", "-")
         hint, default = hints[field.name], field.default
+        help = f"{field.metadata['help']} (default: %(default)s)"
         if hint is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=field.metadata["help"])
             continue
         base = next((t for t in (int, float, str) if t is hint or t in typing.get_args(hint)), str)
         parse = _optional(base) if type(None) in typing.get_args(hint) else base
-        group.add_argument(flag, type=parse, default=default, help=f"default {default}")
+        group.add_argument(flag, type=parse, default=default, choices=field.metadata["choices"], help=help)
 
 
 def _settings(args):

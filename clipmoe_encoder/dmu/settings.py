@@ -3,50 +3,60 @@ builds its flags from it without importing torch, sklearn or accelerate."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 from ..errors import CLIPMoEError
+
+
+def _knob(default, help: str, choices: tuple | None = None):
+    """A setting with the help text (and allowed values) that `clipmoe dmu run --help` shows."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
 class DMUSettings:
     """Every knob of the pipeline; defaults are the paper's / official code's (router lr excepted)."""
 
-    num_experts: int = 4
-    top_k: int = 2
-    clusters_per_modality: int = 3  # k-means k on images and on texts: 3 x 3 = 9 joint clusters per stage
-    mcl_epochs: int = 1
-    router_epochs: int = 1
-    batch_size: int = 800  # GLOBAL batch (8 GPUs x 100 in the paper)
-    lr_mcl: float = 1e-5
-    wd_mcl: float = 0.2
-    warmup_steps: int = 200
+    num_experts: int = _knob(4, "experts per MoE layer; expert 0 is the base FFN, one MCL stage trains each of the others")
+    top_k: int = _knob(2, "experts each token is routed to (1..num_experts)")
+    clusters_per_modality: int = _knob(3, "k-means k on image and on text features: k x k joint clusters per MCL stage")
+    mcl_epochs: int = _knob(1, "epochs of each multistage contrastive learning (MCL) stage")
+    router_epochs: int = _knob(1, "epochs of the router stage")
+    batch_size: int = _knob(800, "GLOBAL contrastive batch, summed over all GPUs (8 x 100 in the paper)")
+    lr_mcl: float = _knob(1e-5, "learning rate of the MCL stages (and of the experts when they train in the router stage)")
+    wd_mcl: float = _knob(0.2, "weight decay of the MCL stages")
+    warmup_steps: int = _knob(200, "linear warm-up steps of every stage")
     # The official 1e-6 leaves the routers at their random init (see the reference notes); 1e-3 moves them.
-    lr_router: float = 1e-3
-    wd_router: float = 0.01
-    router_trains: str = "router"  # or "router+experts" (experts then use lr_mcl)
-    lb_coef: float = 0.01  # the CLIP-MoE's router_aux_loss_coef
-    aux_loss_count: str = "top_k"  # its router_aux_loss_count: "top_k" = the official code's balance loss, "top1" = Switch's
-    z_coef: float = 0.0  # its router_z_loss_coef
-    expert_dropout: float = 0.1  # inside experts during router training, as the official code
-    label_smoothing: float = 0.1
-    logit_scale: float | None = 100.0  # frozen multiplier; None = use and train the model's
-    mcl_towers: str = "both"  # or "vision": only the vision FFNs train, and only the vision tower gets MoE
-    last_k_blocks: int | None = None  # MCL trains (and MoE replaces) only the last K blocks of each tower
-    small_clusters: str = "drop"  # or "merge": leftovers of clusters go into mixed batches
-    restart_from_base: bool = True  # each MCL stage starts from the base (official); False = from the previous stage
-    save_every: int = 500
-    seed: int = 0
-    num_workers: int = 0
-    grad_checkpointing: bool = False
-    mixed_precision: str = "auto"  # "auto" = bf16 on CUDA, none on CPU; or "no" / "bf16" / "fp16"
-    skip_bad: bool = False
-    data_format: str = "auto"
-    feature_batch_size: int = 256
-    max_grad_norm: float | None = None
-    direct_ft_trainable: str = "all"  # direct fine-tune baseline: "all" or "ffn"
-    upcycling_trains: str = "router+experts"  # sparse-upcycling baseline: "router+experts" or "router"
-    routing_stats_samples: int = 256
+    lr_router: float = _knob(1e-3, "learning rate of the routers (the official 1e-6 leaves them at their random init)")
+    wd_router: float = _knob(0.01, "weight decay of the routers")
+    router_trains: str = _knob("router", "what trains in the router stage; the experts then use --lr-mcl",
+                               ("router", "router+experts"))
+    lb_coef: float = _knob(0.01, "load-balancing loss coefficient (the CLIP-MoE's router_aux_loss_coef)")
+    aux_loss_count: str = _knob("top_k", "what counts in the balance loss: top_k = every chosen expert, as the official "
+                                "code (value k at perfect balance); top1 = Switch's first choice (value 1)")
+    z_coef: float = _knob(0.0, "router z-loss coefficient (its router_z_loss_coef); 0 = off, as the paper")
+    expert_dropout: float = _knob(0.1, "dropout inside the experts during the router stage, as the official code")
+    label_smoothing: float = _knob(0.1, "label smoothing of the contrastive cross-entropy")
+    logit_scale: float | None = _knob(100.0, "frozen logit multiplier; none = use and train the model's own")
+    mcl_towers: str = _knob("both", "towers whose FFNs MCL trains; vision = only the vision tower becomes MoE",
+                            ("both", "vision"))
+    last_k_blocks: int | None = _knob(None, "MCL trains (and MoE replaces) only the last K blocks of each tower; none = all")
+    small_clusters: str = _knob("drop", "clusters smaller than a batch: drop them, or merge the leftovers into mixed batches",
+                                ("drop", "merge"))
+    restart_from_base: bool = _knob(True, "each MCL stage starts from the base (official); --no-restart-from-base "
+                                    "continues from the previous stage")
+    save_every: int = _knob(500, "steps between resumable checkpoints")
+    seed: int = _knob(0, "seed of clustering, batch order and router initialisation")
+    num_workers: int = _knob(0, "data-loader worker processes per GPU")
+    grad_checkpointing: bool = _knob(False, "recompute activations in the backward pass (less activation memory, more compute)")
+    mixed_precision: str = _knob("auto", "auto = bf16 on CUDA, none on CPU", ("auto", "no", "bf16", "fp16"))
+    skip_bad: bool = _knob(False, "skip records whose image is missing or unreadable (counted in the log) instead of stopping")
+    data_format: str = _knob("auto", "layout of --data: auto (from the file), sharegpt4v, llava, jsonl or folder (img2dataset)")
+    feature_batch_size: int = _knob(256, "batch of the feature extraction before clustering")
+    max_grad_norm: float | None = _knob(None, "gradient clipping norm; none = no clipping")
+    direct_ft_trainable: str = _knob("all", "direct fine-tuning baseline: every weight, or only the FFNs", ("all", "ffn"))
+    upcycling_trains: str = _knob("router+experts", "sparse-upcycling baseline: what trains", ("router+experts", "router"))
+    routing_stats_samples: int = _knob(256, "held-out samples for the routing statistics in the report")
 
     def validate(self):
         from ..configuration import AUX_LOSS_COUNTS  # imports transformers: not needed to build the flags
@@ -56,14 +66,11 @@ class DMUSettings:
             (1 <= self.top_k <= self.num_experts, f"top_k must be between 1 and num_experts={self.num_experts}"),
             (self.clusters_per_modality >= 1, "clusters_per_modality must be positive"),
             (self.batch_size >= 2, "batch_size must be at least 2"),
-            (self.router_trains in ("router", "router+experts"), "router_trains must be 'router' or 'router+experts'"),
             (self.aux_loss_count in AUX_LOSS_COUNTS, f"aux_loss_count must be one of {', '.join(AUX_LOSS_COUNTS)}"),
-            (self.mcl_towers in ("both", "vision"), "mcl_towers must be 'both' or 'vision'"),
-            (self.small_clusters in ("drop", "merge"), "small_clusters must be 'drop' or 'merge'"),
-            (self.direct_ft_trainable in ("all", "ffn"), "direct_ft_trainable must be 'all' or 'ffn'"),
-            (self.upcycling_trains in ("router", "router+experts"), "upcycling_trains must be 'router' or 'router+experts'"),
             (self.last_k_blocks is None or self.last_k_blocks >= 1, "last_k_blocks must be positive"),
             (self.save_every >= 1, "save_every must be positive"),
+            *((getattr(self, f.name) in f.metadata["choices"], f"{f.name} must be one of {', '.join(f.metadata['choices'])}")
+              for f in fields(self) if f.metadata["choices"]),
         ]
         for ok, message in checks:
             if not ok:

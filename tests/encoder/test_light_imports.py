@@ -70,3 +70,20 @@ def test_lazy_names_resolve():
         assert getattr(zeroshot, name) is not None
     with pytest.raises(AttributeError):
         cm.not_a_name  # noqa: B018
+
+
+def test_every_dmu_setting_says_what_it_means_and_checks_its_values():
+    import dataclasses
+
+    from clipmoe_encoder.cli import build_parser
+    from clipmoe_encoder.dmu.settings import DMUSettings
+    from clipmoe_encoder.errors import CLIPMoEError
+
+    for field in dataclasses.fields(DMUSettings):
+        assert len(field.metadata["help"]) > 15, field.name
+    with pytest.raises(SystemExit) as exit_info:  # argparse: one usage line, exit 2
+        build_parser().parse_args(["dmu", "run", "--base", "b", "--data", "d", "--out", "o", "--small-clusters", "keep"])
+    assert exit_info.value.code == 2
+    with pytest.raises(CLIPMoEError, match="mcl_towers must be one of both, vision"):
+        DMUSettings(mcl_towers="text").validate()
+    assert DMUSettings().validate() == DMUSettings()
