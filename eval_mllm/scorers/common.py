@@ -114,7 +114,8 @@ def not_utf8_error(path):
     return ScorerInputError(f"{path}: not UTF-8 text")
 
 
-def _read_text(path):
+def read_text(path):
+    """The whole text of ``path`` (UTF-8, a byte-order mark allowed)."""
     with _open_text(path) as f:
         try:
             return f.read()
@@ -127,11 +128,13 @@ def _parse_json(text, path):
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ScorerInputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise ScorerInputError(f"{path}: JSON nested too deeply to read") from None
 
 
 def read_json(path):
     """Load a whole JSON file."""
-    return _parse_json(_read_text(path), path)
+    return _parse_json(read_text(path), path)
 
 
 def read_jsonl(path, fields=None, allow_truncated=True, check=None):
@@ -147,13 +150,15 @@ def read_jsonl(path, fields=None, allow_truncated=True, check=None):
     all), which we refuse rather than guess around.  Question and annotation
     files are read with ``allow_truncated=False``: they must be complete.
     """
-    lines = _read_text(path).split("\n")
+    lines = read_text(path).split("\n")
     # Line numbers of the non-blank lines, to tell the last one.
     numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
     records, warnings, n_truncated = [], [], 0
     for pos, (lineno, line) in enumerate(numbered):
         try:
             record = json.loads(line)
+        except RecursionError:
+            raise ScorerInputError(f"{path}: line {lineno}: JSON nested too deeply to read") from None
         except json.JSONDecodeError:
             if allow_truncated and pos == len(numbered) - 1:
                 n_truncated += 1
@@ -178,7 +183,7 @@ def read_questions(path, fields=None):
 
 def read_records(path, fields=None):
     """Read a JSON list of objects, or JSON-lines when the file is not a list."""
-    text = _read_text(path)
+    text = read_text(path)
     if not text.lstrip().startswith("["):
         return read_questions(path, fields)
     data = _parse_json(text, path)

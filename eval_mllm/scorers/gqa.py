@@ -39,8 +39,9 @@ def score(question_file, result_file, annotation_file):
     gt_of = {}
     for key in questions:
         ann = annotations.get(key)
-        if not isinstance(ann, dict) or "answer" not in ann:
-            what = "no entry" if ann is None else "missing field 'answer'"
+        if not isinstance(ann, dict) or not isinstance(ann.get("answer"), str):
+            what = ("no entry" if ann is None else "missing field 'answer'"
+                    if not isinstance(ann, dict) or "answer" not in ann else "field 'answer' must be str")
             raise ScorerInputError(f"{annotation_file}: question {key!r}: {what}")
         gt_of[key] = ann["answer"]
     answers = load_answers(result_file, list(questions))

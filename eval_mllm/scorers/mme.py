@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from .common import ScorerInputError, index_unique, load_answers, pct, read_questions
+from .common import ScorerInputError, index_unique, load_answers, pct, read_questions, read_text
 
 BENCHMARK = "mme"
 PERCEPTION = ["existence", "count", "position", "color", "posters", "celebrity",
@@ -97,22 +97,20 @@ def _read_results_dir(results_dir):
             warnings.append(f"{path}: not an MME subtask name; ignored")
             continue
         seen, rows[stem] = set(), []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\r\n")
-                if not line.strip():
-                    continue
-                fields = line.split("\t", 3)  # a prediction may itself hold a tab
-                if len(fields) != 4:
-                    raise ScorerInputError(
-                        f"{path}: line {lineno}: expected 4 tab-separated fields "
-                        "(image, question, ground truth, prediction)")
-                image, question, gt, prediction = fields
-                if (image, question) in seen:
-                    n_duplicates += 1
-                    continue
-                seen.add((image, question))
-                rows[stem].append((image, _gt(gt, path, f"line {lineno}"), prediction))
+        for lineno, line in enumerate(read_text(path).split("\n"), 1):
+            if not line.strip():
+                continue
+            fields = line.split("\t", 3)  # a prediction may itself hold a tab
+            if len(fields) != 4:
+                raise ScorerInputError(
+                    f"{path}: line {lineno}: expected 4 tab-separated fields "
+                    "(image, question, ground truth, prediction)")
+            image, question, gt, prediction = fields
+            if (image, question) in seen:
+                n_duplicates += 1
+                continue
+            seen.add((image, question))
+            rows[stem].append((image, _gt(gt, path, f"line {lineno}"), prediction))
     if not rows:
         raise ScorerInputError(f"{results_dir}: no <subtask>.txt result files")
     if n_duplicates:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import re
 
-from .common import ScorerInputError, load_answers, pct, read_json
+from .common import ScorerInputError, check_fields, load_answers, pct, read_json
 
 BENCHMARK = "scienceqa"
 OPTIONS = "ABCDE"
@@ -68,9 +68,7 @@ def _load_problems(base_dir, split):
         problem = problems.get(pid) if isinstance(problems, dict) else None
         if problem is None:
             raise ScorerInputError(f"{problems_path}: no problem {pid!r} (listed in {splits_path})")
-        for field in ("choices", "answer"):
-            if field not in problem:
-                raise ScorerInputError(f"{problems_path}: problem {pid!r}: missing field '{field}'")
+        check_fields(problem, {"choices": list, "answer": int}, problems_path, f"problem {pid!r}")
     return problems, pids
 
 

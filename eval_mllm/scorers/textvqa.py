@@ -17,7 +17,9 @@ Matching an answer to an annotation:
 The question set is the question file's questions (resolved the same way)
 when given, else the whole annotation file.  Accuracy: the VQA soft accuracy
 (``vqav2.vqa_accuracy``: EvalAI normalisation, leave-one-out over the 10
-answers, min(1, matches/3)), in percent.
+answers, min(1, matches/3)), in percent, over the answered questions (as
+LLaVA's eval_textvqa.py).  One difference only on malformed files: an id
+answered twice keeps its last answer here, where LLaVA's script scores both.
 
 The protocol is reported with the score: ``n_prompts_with_ocr_tokens`` of the
 ``n_prompts`` scored answers that record their prompt held the reference OCR
@@ -32,6 +34,7 @@ import re
 
 from .common import (
     ScorerInputError,
+    check_fields,
     load_answers,
     mean,
     qid_key,
@@ -41,6 +44,8 @@ from .common import (
 from .vqav2 import vqa_accuracy
 
 BENCHMARK = "textvqa"
+ANNOTATION_FIELDS = {"question_id": (int, str), "image_id": (int, str), "question": str,
+                     "answers": list}
 INSTRUCTION = "Answer the question using a single word or phrase."
 
 
@@ -76,11 +81,10 @@ def _load_annotations(path):
         raise ScorerInputError(f"{path}: missing field 'data'")
     by_qid, by_pair = {}, {}
     for i, ann in enumerate(data["data"]):
-        for field in ("question_id", "image_id", "question", "answers"):
-            if not isinstance(ann, dict) or field not in ann:
-                raise ScorerInputError(f"{path}: data[{i}]: missing field '{field}'")
-        if not ann["answers"]:
-            raise ScorerInputError(f"{path}: data[{i}]: field 'answers' is empty")
+        check_fields(ann, ANNOTATION_FIELDS, path, f"data[{i}]")
+        if not ann["answers"] or not all(isinstance(a, str) for a in ann["answers"]):
+            raise ScorerInputError(f"{path}: data[{i}]: field 'answers' must be a non-empty "
+                                   "list of strings")
         key = qid_key(ann["question_id"])
         by_qid[key] = ann
         by_pair.setdefault((str(ann["image_id"]), ann["question"].lower().strip()), key)

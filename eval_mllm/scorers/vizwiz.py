@@ -44,9 +44,11 @@ def _load_annotations(path):
             if not isinstance(ann, dict) or field not in ann:
                 raise ScorerInputError(f"{path}: entry {i}: missing field '{field}'")
         answers = ann["answers"]
-        if not answers or not all(isinstance(a, dict) and "answer" in a for a in answers):
+        if not isinstance(answers, list) or not answers or not all(
+                isinstance(a, dict) and isinstance(a.get("answer"), str)
+                for a in answers):
             raise ScorerInputError(f"{path}: entry {i}: field 'answers' must be a non-empty "
-                                   "list of {'answer': ...}")
+                                   "list of {'answer': str}")
         gt_of[ann["image"]] = [a["answer"] for a in answers]
         type_of[ann["image"]] = ann.get("answer_type")
     return gt_of, type_of

@@ -101,9 +101,11 @@ def _load_annotations(path):
             if not isinstance(ann, dict) or field not in ann:
                 raise ScorerInputError(f"{path}: annotations[{i}]: missing field '{field}'")
         answers = ann["answers"]
-        if not answers or not all(isinstance(a, dict) and "answer" in a for a in answers):
+        if not isinstance(answers, list) or not answers or not all(
+                isinstance(a, dict) and isinstance(a.get("answer"), str)
+                for a in answers):
             raise ScorerInputError(f"{path}: annotations[{i}]: field 'answers' must be a "
-                                   "non-empty list of {'answer': ...}")
+                                   "non-empty list of {'answer': str}")
         key = qid_key(ann["question_id"])
         gt_of[key] = [a["answer"] for a in answers]
         type_of[key] = ann.get("answer_type")

@@ -77,6 +77,11 @@ class Files:
         return ["run", "--model", model, "--benchmarks", benchmarks, "--data-root", self.folder("data"),
                 "--out", str(self.root / "out")]
 
+    def scienceqa(self, problems):
+        """A ScienceQA base folder whose test split is every problem of ``problems``."""
+        self.text("sqa/pid_splits.json", json.dumps({"test": list(problems)}))
+        return os.path.dirname(self.text("sqa/problems.json", json.dumps(problems)))
+
     def good_answers(self):
         return self.jsonl("a.jsonl", *(_answer(q) for q in (1, 2, 3)))
 
@@ -110,6 +115,38 @@ CASES = [
     ("answer-text-null", lambda f: (f.gqa(_lines(_answer(1, None))), ["a.jsonl", "line 1", "'text'", "null"], [])),
     ("answer-id-bool", lambda f: (f.gqa(_lines(_answer(True))), ["a.jsonl", "line 1", "'question_id'"], [])),
     ("answer-is-a-list", lambda f: (f.gqa(_lines(_answer(1), [1, 2])), ["a.jsonl", "line 2", "JSON object"], [])),
+    ("answers-nested-too-deeply", lambda f: (f.gqa(GOOD + "[" * 100000 + "]" * 100000 + "\n"),
+                                             ["a.jsonl", "line 4", "nested too deeply"], [])),
+    # --- score: annotation values of the wrong type (they gave tracebacks or silently wrong scores)
+    ("gqa-annotation-answer-not-str", lambda f: (
+        f.gqa(GOOD, ann=f.text("ann.json", json.dumps(dict(GQA_ANNOTATIONS, **{"2": {"answer": 5}})))),
+        ["ann.json", "question '2'", "'answer'"], [])),
+    ("textvqa-question-not-str", lambda f: (
+        ["score", "textvqa", "--annotation-file", f.text("val.json", json.dumps({"data": [
+            {"question_id": 1, "image_id": "i", "question": 5, "answers": ["a"]}]})),
+         "--result-file", f.good_answers()], ["val.json", "data[0]", "'question'"], [])),
+    ("textvqa-answers-a-string", lambda f: (
+        ["score", "textvqa", "--annotation-file", f.text("val.json", json.dumps({"data": [
+            {"question_id": 1, "image_id": "i", "question": "q", "answers": "abc"}]})),
+         "--result-file", f.good_answers()], ["val.json", "data[0]", "'answers'"], [])),
+    ("vqav2-answer-not-str", lambda f: (
+        ["score", "vqav2", "--annotation-file", f.text("ann.json", json.dumps({"annotations": [
+            {"question_id": 1, "answers": [{"answer": 5}]}]})), "--result-file", f.good_answers()],
+        ["ann.json", "annotations[0]", "'answers'"], [])),
+    ("vizwiz-answers-not-list", lambda f: (
+        ["score", "vizwiz", "--annotation-file", f.text("val.json", json.dumps([{"image": "1.jpg", "answers": 5}])),
+         "--result-file", f.good_answers()], ["val.json", "entry 0", "'answers'"], [])),
+    ("scienceqa-answer-not-int", lambda f: (
+        ["score", "scienceqa", "--base-dir", f.scienceqa({"1": {"choices": ["a", "b"], "answer": "A"}}),
+         "--result-file", f.good_answers()],
+        ["problems.json", "problem '1'", "'answer'"], [])),
+    ("mme-results-not-utf8", lambda f: (
+        ["score", "mme", "--results-dir", os.path.dirname(f.text("mme/existence.txt", "a.jpg\tq?\tYes\tyes\n".encode()
+                                                                 + "b.jpg\tq?\tNo\tnon café\n".encode("latin-1")))],
+        ["existence.txt", "line 2", "UTF-8"], [])),
+    ("mme-results-three-fields", lambda f: (
+        ["score", "mme", "--results-dir", os.path.dirname(f.text("mme/count.txt", "a.jpg\tq?\tYes\n"))],
+        ["count.txt", "line 1", "4 tab-separated fields"], [])),
     # --- score: MMBench rounds (one bad round must not switch the file to circular evaluation)
     ("mmbench-round-string", lambda f: (f.mmbench(ROUND0, _round("1")),
                                         ["a.jsonl", "line 2", "question_id 11", "'round_id'", "'1'"], [])),
