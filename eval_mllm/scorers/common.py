@@ -143,9 +143,11 @@ def read_jsonl(path, fields=None, allow_truncated=True, check=None):
     ``check(record, where)``, when given, is called on every record after its fields are
     checked, with ``where`` = "line N", to refuse a bad value in the place it stands.
 
-    Returns ``(records, n_truncated, warnings)``.  A last line that is not valid
-    JSON is what a writer killed mid-line leaves behind: with
-    ``allow_truncated`` (answer files) it is skipped and counted.  An invalid
+    Returns ``(records, n_truncated, warnings)``.  A last line that starts a
+    JSON object but is not valid JSON is what a writer killed mid-line leaves
+    behind: with ``allow_truncated`` (answer files) it is skipped and counted
+    (a last line that does not even start with "{" is no cut answer: an error,
+    so that a resume never cuts a stranger's text off a file).  An invalid
     line anywhere else means the file is corrupt (or is not JSON-lines at
     all), which we refuse rather than guess around.  Question and annotation
     files are read with ``allow_truncated=False``: they must be complete.
@@ -160,7 +162,7 @@ def read_jsonl(path, fields=None, allow_truncated=True, check=None):
         except RecursionError:
             raise ScorerInputError(f"{path}: line {lineno}: JSON nested too deeply to read") from None
         except json.JSONDecodeError:
-            if allow_truncated and pos == len(numbered) - 1:
+            if allow_truncated and pos == len(numbered) - 1 and line.lstrip().startswith("{"):
                 n_truncated += 1
                 warnings.append(f"{path}: line {lineno}: last line is not valid JSON "
                                 "(truncated write?); ignored")

@@ -236,6 +236,11 @@ CASES = [
                                                       ["--answers-file", "answers", "directory"], [])),
     ("generate-answers-file-not-answers", lambda f: (f.generate(a=f.text("a.jsonl", "my notes\nmore notes\n")),
                                                      ["--answers-file", "a.jsonl", "--overwrite"], ["a.jsonl"])),
+    # one line of text is no cut answer line: resuming would have cut it off the file
+    ("generate-answers-file-one-line-of-text", lambda f: (f.generate(a=f.text("a.jsonl", "my notes")),
+                                                          ["--answers-file", "a.jsonl", "--overwrite"], ["a.jsonl"])),
+    ("answers-last-line-not-json-at-all", lambda f: (f.gqa(GOOD + "Traceback (most recent call last):\n"),
+                                                     ["a.jsonl", "line 4", "not valid JSON"], [])),
     ("generate-answers-file-other-benchmark", lambda f: (
         f.generate(a=f.jsonl("a.jsonl", _answer(7), _answer(8))), ["--answers-file", "a.jsonl", "--overwrite"],
         ["a.jsonl"])),
