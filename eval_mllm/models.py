@@ -12,12 +12,12 @@ Both build the prompt with LLaVA's conversation templates and decode greedily.
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 
 from .errors import EvalInputError
+from .scorers.common import read_json
 
 
 def _conv_prompt(conv_mode: str, user_text: str, with_image: bool, im_start_end=False) -> str:
@@ -45,11 +45,7 @@ def checkpoint_kind(model_path: str) -> str:
     config_path = os.path.join(model_path, "config.json")
     if not os.path.isfile(config_path):
         raise EvalInputError(f"{model_path}: no config.json (not a model checkpoint directory)")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EvalInputError(f"{config_path}: not a JSON model config ({exc})") from None
+    config = read_json(config_path)  # not JSON: one error line naming the file and line
     if not isinstance(config, dict):
         raise EvalInputError(f"{config_path}: expected a JSON object (a model config)")
     return "hf" if config.get("model_type") == "llava" else "llava"

@@ -71,8 +71,9 @@ def _unlike_notes(names, protocols, sources):
             others = "; ".join(
                 ", ".join(f"[{sources.index(source) + 1}]" for source in refs) + f": {protocol}"
                 for protocol, refs in unlike.items())
-            notes[name] = (mark, f"{mark} {PROTOCOL_CHOICES[name]} of this run: {protocols[name]}; "
-                                 f"reference rows measured otherwise (not like with like): {others}.")
+            note = (f"{mark} {PROTOCOL_CHOICES[name]} of this run: {protocols[name]}; "
+                    f"reference rows measured otherwise (not like with like): {others}.")
+            notes[name] = (mark, note)
     return notes
 
 

@@ -102,8 +102,7 @@ def not_utf8_error(path):
     (a text reader decodes in chunks, so its own offsets do not say where)."""
     with open(path, "rb") as f:
         data = f.read()
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
+    data = data.removeprefix(codecs.BOM_UTF8)
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -27,7 +27,14 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from .common import ScorerInputError, index_unique, load_answers, pct, read_questions, read_text
+from .common import (
+    ScorerInputError,
+    index_unique,
+    load_answers,
+    pct,
+    read_questions,
+    read_text,
+)
 
 BENCHMARK = "mme"
 PERCEPTION = ["existence", "count", "position", "color", "posters", "celebrity",

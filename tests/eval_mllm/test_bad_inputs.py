@@ -141,7 +141,7 @@ CASES = [
          "--result-file", f.good_answers()],
         ["problems.json", "problem '1'", "'answer'"], [])),
     ("mme-results-not-utf8", lambda f: (
-        ["score", "mme", "--results-dir", os.path.dirname(f.text("mme/existence.txt", "a.jpg\tq?\tYes\tyes\n".encode()
+        ["score", "mme", "--results-dir", os.path.dirname(f.text("mme/existence.txt", b"a.jpg\tq?\tYes\tyes\n"
                                                                  + "b.jpg\tq?\tNo\tnon café\n".encode("latin-1")))],
         ["existence.txt", "line 2", "UTF-8"], [])),
     ("mme-results-three-fields", lambda f: (
@@ -247,7 +247,7 @@ CASES = [
     # --- run: refused before any model is loaded
     ("run-model-config-not-json", lambda f: (
         f.run(model=os.path.dirname(f.text("model/config.json", '{"model_type": llava'))),
-        ["config.json", "not a JSON model config"], [])),
+        ["config.json", "not valid JSON"], [])),
     ("run-model-without-config", lambda f: (f.run(model=f.folder("model")), ["model", "no config.json"], [])),
     ("run-data-missing", lambda f: (f.run(model=os.path.dirname(f.text("model/config.json", "{}"))),
                                     ["benchmark data not found"], [])),
@@ -325,10 +325,11 @@ def test_entry_points_share_the_error_path(command, tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(
         [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
          env.get("PYTHONPATH", "")])
-    plain = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    plain = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
     assert plain.returncode == 2 and plain.stdout == ""
     assert plain.stderr.count("\n") == 1 and "line 2" in plain.stderr, plain.stderr
     for debug_argv, debug_env in ((argv + ["--debug"], env), (argv, {**env, "EVAL_MLLM_DEBUG": "1"})):
-        shown = subprocess.run(debug_argv, capture_output=True, text=True, env=debug_env, timeout=120)
+        shown = subprocess.run(debug_argv, capture_output=True, text=True, env=debug_env, timeout=120,
+                               check=False)
         assert shown.returncode != 0 and "Traceback" in shown.stderr
         assert "ScorerInputError" in shown.stderr and "line 2" in shown.stderr

@@ -13,14 +13,25 @@ import os
 import random
 import runpy
 import sys
+from pathlib import Path
 
 import pytest
 
 llava_eval = pytest.importorskip("llava.eval.m4c_evaluator")
 
-from eval_mllm.scorers import gqa, mmbench, mme, ocrbench, pope, scienceqa, textvqa, vizwiz, vqav2  # noqa: E402
+from eval_mllm.scorers import (
+    gqa,
+    mmbench,
+    mme,
+    ocrbench,
+    pope,
+    scienceqa,
+    textvqa,
+    vizwiz,
+    vqav2,
+)
 
-from . import official_rules as official  # noqa: E402
+from . import official_rules as official
 
 LLAVA_EVAL = os.path.dirname(llava_eval.__file__)
 SEEDS = [0, 1, 2]
@@ -223,7 +234,7 @@ def test_gqa_agrees_with_official_rules(tmp_path):
         ann = folder / "testdev_balanced_questions.json"
         ann.write_text(json.dumps(questions_json))
         result = write_lines(folder / "a.jsonl", answers)
-        expected = official.gqa_accuracy(open(result).read().splitlines(), questions_json)
+        expected = official.gqa_accuracy(Path(result).read_text().splitlines(), questions_json)
         ours = gqa.score(write_lines(folder / "q.jsonl", qlines), result, str(ann))
         assert ours["accuracy"] == pytest.approx(expected, abs=1e-9)
 
