@@ -15,7 +15,8 @@ picks in round r maps back to original index (picked_index + r) mod n.
 Circular evaluation: when any answer has a round > 0, every question is
 expected to have its n rounds, and it is correct only if every round's
 answer, mapped back, is the ground-truth option.  A question missing any
-round is unscored (``n_missing``; ``n_partial`` of them had some rounds).
+round is unscored (``n_missing``; ``n_partial`` of them had some rounds, whose
+answers are counted as dropped for ``other_rounds_missing``).
 Otherwise (one round per question) this is plain single-pass accuracy.
 
 Reading the option from an answer: a leading letter ("B", "B.", "(B)",
@@ -163,7 +164,7 @@ def score(question_file, result_file, submission_out=None):
                             lambda rec: (qid_key(rec["question_id"]), round_of(rec)),
                             n_truncated, warnings, result_file)
 
-    n_missing = n_partial = 0
+    n_missing = n_partial = n_complete = 0
     total, first_round = defaultdict(list), []
     for key, (options, gt_index, row) in questions.items():
         rounds = range(len(options) if circular else 1)
@@ -171,8 +172,10 @@ def score(question_file, result_file, submission_out=None):
         if not all(got):
             n_missing += 1
             n_partial += any(got)
+            answers.drop("other_rounds_missing", sum(map(bool, got)))
             continue
-        if gt_index is None:
+        n_complete += 1
+        if gt_index is None:  # test split: the answer goes to the submission only
             continue
         oks = [is_round_correct(rec["text"], options, r, gt_index)
                for r, rec in zip(rounds, got, strict=True)]
@@ -188,7 +191,8 @@ def score(question_file, result_file, submission_out=None):
     def per(prefix):
         return {g[len(prefix):]: accuracy(g) for g in sorted(total) if g.startswith(prefix)}
 
-    coverage = answers.coverage(n_scored=len(first_round), n_questions=len(questions))
+    # n_scored: the questions whose answers count (in the accuracy, or the test submission)
+    coverage = answers.coverage(n_scored=n_complete, n_questions=len(questions))
     coverage.update(n_missing=n_missing, n_partial=n_partial)
     n_no_gt = sum(gt is None for _, gt, _ in questions.values())
     result = {"benchmark": BENCHMARK, "circular": circular, "accuracy": accuracy("all"),

@@ -93,6 +93,9 @@ def test_truncated_missing_duplicate_unknown(qfile, tmp_path, h):
     assert (m["n_scored"], m["n_missing"], m["n_partial"], m["n_duplicates"], m["n_unknown"],
             m["n_truncated_lines"]) == (2, 1, 1, 1, 2, 1)
     assert m["accuracy"] == pytest.approx(50.0)  # 10 ok, 11 wrong; 12 unscored
+    # every answer read and not scored has its reason: 12's three answered rounds among them
+    assert m["dropped"] == {"duplicate_answer": 1, "other_rounds_missing": 3,
+                            "truncated_last_line": 1, "unknown_question_id": 2}
 
 
 def test_test_split_submission(tmp_path, h):
@@ -109,6 +112,18 @@ def test_test_split_submission(tmp_path, h):
                      ["10", "Which animal?", "cat", "dog", "bird", "", "B"],
                      ["11", "Which colour?", "red", "green", "", "", ""],
                      ["12", "How many?", "1", "2", "3", "4", "D"]]
+
+
+def test_test_split_through_the_cli_writes_the_submission(tmp_path, h, cli_json):
+    """No ground truth is no error: the answers go to the submission (exit 0)."""
+    columns = [c for c in COLUMNS if c != "answer"]
+    rows = [[v for c, v in zip(COLUMNS, row, strict=True) if c != "answer"] for row in ROWS]
+    out = tmp_path / "sub.tsv"
+    m = cli_json("mmbench", "--question-file", write_tsv(tmp_path / "test.tsv", rows, columns),
+                 "--result-file", write_answers(tmp_path / "a.jsonl", h, [(10, 0, "B"), (12, 0, "D")]),
+                 "--submission-out", out)
+    assert m["accuracy"] is None and (m["n_scored"], m["n_missing"], m["n_no_ground_truth"]) == (2, 1, 3)
+    assert out.read_text(encoding="utf-8").splitlines()[1].endswith("\tB")
 
 
 def test_missing_file_and_field(qfile, tmp_path, h):
