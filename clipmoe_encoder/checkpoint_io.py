@@ -28,13 +28,21 @@ def require_path(path, what: str = "checkpoint") -> str:
 
 
 def read_config_json(directory: str) -> dict:
+    directory = os.fspath(directory)
+    if os.path.isfile(directory):
+        raise CLIPMoEError(f"{directory}: is a file, expected a model directory (config.json + weights)")
     path = os.path.join(directory, "config.json")
     require_path(path, "the model's config.json")
+    if not os.path.isfile(path):
+        raise CLIPMoEError(f"{path}: is not a file")
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CLIPMoEError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise CLIPMoEError(f"{path}: expected a JSON object of config fields, found a {type(config).__name__}")
+    return config
 
 
 def check_moe_directory(directory: str, expected_types=MOE_MODEL_TYPES) -> dict:
@@ -75,16 +83,66 @@ def check_weight_shapes(directory: str, model: torch.nn.Module) -> None:
                 )
 
 
+def _require_fields(config: dict, path: str) -> None:
+    towers = {"": config} if config.get("model_type") == "clipmoe_vision_model" else {
+        "vision_config.": config.get("vision_config"), "text_config.": config.get("text_config")}
+    for prefix, tower in towers.items():
+        if not isinstance(tower, dict):
+            raise CLIPMoEError(f"{path}: field {prefix.rstrip('.')!r} is missing or not an object")
+        for field in ("num_experts", "num_experts_per_tok", "num_hidden_layers"):
+            if field not in tower:
+                raise CLIPMoEError(f"{path}: field '{prefix}{field}' is missing (not a config written by clipmoe; "
+                                   "rewrite it with `clipmoe upcycle` or `clipmoe convert-official`)")
+
+
+def check_weights_match_config(directory: str, config: dict) -> None:
+    """Every tensor the config implies is stored, with its shape, and no other (say 8 experts in the
+    config but 4 in the weights): from_pretrained would only warn, and counts read from the config
+    would be silently wrong. Names the first disagreement."""
+    from .configuration import CLIPMoEConfig, CLIPMoEVisionConfig
+    from .modeling import CLIPMoEModel, CLIPMoEVisionModel
+
+    path = os.path.join(directory, "config.json")
+    _require_fields(config, path)
+    vision_only = config["model_type"] == "clipmoe_vision_model"
+    config_cls, model_cls = (CLIPMoEVisionConfig, CLIPMoEVisionModel) if vision_only else (CLIPMoEConfig, CLIPMoEModel)
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in model_cls(config_cls.from_dict(config)).state_dict().items()}
+    except CLIPMoEError as err:
+        raise CLIPMoEError(f"{path}: {err}") from None
+    except (TypeError, ValueError, KeyError) as err:
+        raise CLIPMoEError(f"{path}: not a valid CLIP-MoE config ({type(err).__name__}: {err})") from None
+    files = [f for f in sorted(os.listdir(directory)) if f.endswith(".safetensors")]
+    if not files:
+        raise CLIPMoEError(f"{directory}: no .safetensors weights next to config.json")
+    stored = {}
+    for name in files:
+        stored.update({key: (shape, name) for key, shape in safetensors_shapes(os.path.join(directory, name)).items()})
+    for key, (shape, name) in stored.items():
+        if key not in expected:
+            raise CLIPMoEError(f"{os.path.join(directory, name)}: tensor '{key}' has no place in the model {path} describes "
+                               "(moe_layers or the layer count disagree with the weights)")
+        if expected[key] != shape:
+            raise CLIPMoEError(f"{os.path.join(directory, name)}: tensor '{key}' has shape {list(shape)} but {path} gives "
+                               f"{list(expected[key])} (num_experts, hidden sizes or layer count disagree with the weights)")
+    missing = sorted(set(expected) - set(stored))
+    if missing:
+        raise CLIPMoEError(f"{directory}: tensor '{missing[0]}' that {path} implies is not in the weights "
+                           f"({len(missing)} missing; moe_layers or the layer count disagree with the weights)")
+
+
 def load_pickled_state_dict(path) -> dict:
     """torch.load with weights_only=True: a pickle that would run code is refused, never executed."""
     path = require_path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CLIPMoEError(
-            f"{path}: refused to unpickle: the file holds more than plain tensors, and loading it would run code "
-            f"({str(err).splitlines()[0]})"
-        ) from None
+        # torch's message is a page long; its one informative line names the blocked global or opcode
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0] if lines else "")
+        raise CLIPMoEError(f"{path}: refused to unpickle: not a checkpoint of plain tensors, and loading it could run "
+                           f"code (torch: {detail})") from None
     except Exception as err:
         raise CLIPMoEError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):

@@ -2,41 +2,61 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
+from .argtypes import at_least
 from .errors import CLIPMoEError
+from .outputs import check_output_dir, staged_directory
 
 
 def parse_moe_layers(text: str | None):
     """'all' | 'last:N' | '0,3,5' (block indices) -> the config's moe_layers value."""
     if text is None or text == "all":
         return None
-    if text.startswith("last:"):
-        return int(text.split(":", 1)[1])
     try:
+        if text.startswith("last:"):
+            n = int(text.split(":", 1)[1])
+            if n < 0:
+                raise ValueError
+            return n
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise CLIPMoEError(f"--moe-layers {text!r}: expected 'all', 'last:N' or a comma-separated list of block indices") from None
+        raise CLIPMoEError(f"--moe-layers {text!r}: expected 'all', 'last:N' (N >= 0) or a comma-separated list of block indices") from None
+
+
+def _layers_flag(text):
+    """argparse type: a bad --moe-layers is a usage error, found before anything is loaded."""
+    try:
+        return parse_moe_layers(text)
+    except CLIPMoEError as err:
+        raise argparse.ArgumentTypeError(str(err).split(": ", 1)[1]) from None
+
+
+def _text_layers_flag(text):
+    return "same" if text == "same" else _layers_flag(text)
 
 
 def register(sub) -> None:
     p = sub.add_parser("upcycle", help="dense CLIP (transformers dir, OpenAI/open_clip .pt) -> CLIP-MoE (every expert a copy of the FFN)")
     p.add_argument("src", help="transformers CLIP(Vision)Model directory, or an OpenAI-layout state dict (.pt)")
     p.add_argument("dst", help="output directory (config.json + model.safetensors + processor files)")
-    p.add_argument("--num-experts", type=int, default=4)
-    p.add_argument("--top-k", type=int, default=2)
-    p.add_argument("--moe-layers", default=None, help="'all' (default), 'last:N' or '0,5,11' (vision blocks)")
-    p.add_argument("--text-moe-layers", default="same", help="as --moe-layers for the text tower; 'same' (default) follows --moe-layers")
+    p.add_argument("--num-experts", type=at_least(1), default=4)
+    p.add_argument("--top-k", type=at_least(1), default=2)
+    p.add_argument("--moe-layers", type=_layers_flag, default=None, help="'all' (default), 'last:N' or '0,5,11' (vision blocks)")
+    p.add_argument("--text-moe-layers", type=_text_layers_flag, default="same", help="as --moe-layers for the text tower; 'same' (default) follows --moe-layers")
     p.add_argument("--vision-only", action="store_true", help="write the vision tower alone (what LLaVA uses)")
-    p.add_argument("--text-positions", type=int, default=None, help="stretch the text positions Long-CLIP style (e.g. 248)")
+    p.add_argument("--text-positions", type=at_least(1), default=None, help="stretch the text positions Long-CLIP style (e.g. 248)")
     p.add_argument("--seed", type=int, default=0, help="seed of the router initialisation")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST (default: refuse)")
     p.set_defaults(func=_upcycle)
 
     p = sub.add_parser("convert-official", help="official CLIP-MoE release (clip-moe-4-2-*.pt) -> our HF format")
     p.add_argument("src", help="the release .pt file (read with weights_only=True)")
     p.add_argument("dst")
-    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--top-k", type=at_least(1), default=2)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST (default: refuse)")
     p.set_defaults(func=_convert_official)
 
     p = sub.add_parser("info", help="parameters, MoE layers, experts and top-k of a CLIP-MoE checkpoint")
@@ -45,24 +65,94 @@ def register(sub) -> None:
     p.set_defaults(func=_info)
 
 
-def _upcycle(args) -> int:
-    from .upcycle import upcycle
+def _tower_sizes(dense) -> dict:
+    """Depth of each tower and the text position count, for the checks made before building."""
+    text = dense.text or {}
+    return {"vision": dense.vision["num_hidden_layers"], "text": text.get("num_hidden_layers"),
+            "positions": text.get("max_position_embeddings")}
 
-    text_layers = "same" if args.text_moe_layers == "same" else parse_moe_layers(args.text_moe_layers)
-    model = upcycle(args.src, num_experts=args.num_experts, top_k=args.top_k, moe_layers=parse_moe_layers(args.moe_layers),
-                    text_moe_layers=text_layers, vision_only=True if args.vision_only else None,
+
+def _config_sizes(src) -> dict | None:
+    """_tower_sizes from a transformers directory's config.json alone (no weights read), or None for a .pt file."""
+    if not os.path.isdir(src):
+        return None
+    from .checkpoint_io import read_config_json
+
+    config = read_config_json(src)
+    path = os.path.join(src, "config.json")
+    if config.get("model_type") not in ("clip", "clip_vision_model"):
+        raise CLIPMoEError(f"{path}: field 'model_type' is {config.get('model_type')!r}; upcycling takes a dense CLIP "
+                           "('clip' or 'clip_vision_model')")
+    from transformers import CLIPConfig, CLIPVisionConfig
+
+    try:
+        if config["model_type"] == "clip_vision_model":
+            return {"vision": CLIPVisionConfig.from_dict(config).num_hidden_layers, "text": None, "positions": None}
+        cfg = CLIPConfig.from_dict(config)
+    except (TypeError, ValueError, KeyError) as err:
+        raise CLIPMoEError(f"{path}: not a valid CLIP config ({type(err).__name__}: {err})") from None
+    return {"vision": cfg.vision_config.num_hidden_layers, "text": cfg.text_config.num_hidden_layers,
+            "positions": cfg.text_config.max_position_embeddings}
+
+
+def _check_upcycle_plan(args, sizes: dict, src: str) -> None:
+    """The flags fit the dense model: layer indices exist, top-k <= experts, the text stretch is possible."""
+    from .configuration import resolve_moe_layers
+    from .convert import stretched_positions
+
+    if args.top_k > args.num_experts:
+        raise CLIPMoEError(f"--top-k {args.top_k}: must not exceed --num-experts {args.num_experts}")
+    has_text = sizes["text"] is not None and not args.vision_only
+    flags = [("--moe-layers", args.moe_layers, sizes["vision"])]
+    if has_text and args.text_moe_layers != "same":
+        flags.append(("--text-moe-layers", args.text_moe_layers, sizes["text"]))
+    elif has_text:
+        flags.append(("--moe-layers (for the text tower)", args.moe_layers, sizes["text"]))
+    for flag, value, depth in flags:
+        try:
+            resolve_moe_layers(value, depth)
+        except CLIPMoEError as err:
+            raise CLIPMoEError(f"{flag}: {err} ({src})") from None
+    if args.text_positions is not None:
+        if not has_text:
+            raise CLIPMoEError(f"--text-positions: the output has no text tower ({'--vision-only' if args.vision_only else src})")
+        n, stretched = sizes["positions"], stretched_positions(sizes["positions"])
+        if args.text_positions not in (n, stretched):
+            raise CLIPMoEError(f"--text-positions {args.text_positions}: {src} has {n} text positions, which Long-CLIP's "
+                               f"stretch turns into {stretched}; pass {stretched}, or leave the flag out")
+
+
+def _upcycle(args) -> int:
+    from .checkpoint_io import require_path
+    from .upcycle import load_dense, upcycle
+
+    check_output_dir(args.dst, "DST", args.overwrite)
+    src = require_path(args.src, "dense CLIP to upcycle")
+    sizes = _config_sizes(src)
+    if sizes is not None:  # a directory: everything is checked before the weights are read
+        _check_upcycle_plan(args, sizes, src)
+    dense = load_dense(src)
+    _check_upcycle_plan(args, _tower_sizes(dense), src)
+    model = upcycle(dense, num_experts=args.num_experts, top_k=args.top_k, moe_layers=args.moe_layers,
+                    text_moe_layers=args.text_moe_layers, vision_only=True if args.vision_only else None,
                     text_positions=args.text_positions, seed=args.seed)
-    model.save_pretrained(args.dst)
-    _copy_processor_files(args.src, args.dst)
+    with staged_directory(args.dst) as tmp:
+        model.save_pretrained(tmp)
+        _copy_processor_files(src, tmp)
     print(f"wrote {args.dst}")
     return _info_of(args.dst)
 
 
 def _convert_official(args) -> int:
+    from .checkpoint_io import require_path
     from .official import convert_official
 
+    check_output_dir(args.dst, "DST", args.overwrite)
+    if os.path.isdir(require_path(args.src, "official release .pt")):
+        raise CLIPMoEError(f"{args.src}: is a directory, expected the release .pt file")
     model = convert_official(args.src, top_k=args.top_k)
-    model.save_pretrained(args.dst)
+    with staged_directory(args.dst) as tmp:
+        model.save_pretrained(tmp)
     print(f"wrote {args.dst} (the release uses OpenAI's tokenizer with 248 positions and OpenAI CLIP preprocessing)")
     return _info_of(args.dst)
 
@@ -83,10 +173,15 @@ def _copy_processor_files(src, dst) -> None:
 
 def checkpoint_summary(directory: str) -> dict:
     """Total and active (per-token) parameters of a CLIP-MoE checkpoint, from its config and weights' shapes."""
-    from .checkpoint_io import check_moe_directory, safetensors_shapes
+    from .checkpoint_io import (
+        check_moe_directory,
+        check_weights_match_config,
+        safetensors_shapes,
+    )
     from .moe import named_expert_parameters
 
     config = check_moe_directory(directory)
+    check_weights_match_config(directory, config)  # the counts below are only true if the two agree
     files = [f for f in sorted(os.listdir(directory)) if f.endswith(".safetensors")]
     if not files:
         raise CLIPMoEError(f"{directory}: no .safetensors weights next to config.json")

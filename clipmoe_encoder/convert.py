@@ -139,6 +139,11 @@ def open_clip_state_dict(model) -> tuple[dict[str, torch.Tensor], str, int, int]
     return model.state_dict(), hidden_act, block.attn.num_heads, text_heads
 
 
+def stretched_positions(n: int, keep: int = 20, ratio: int = 4) -> int:
+    """How many rows stretch_text_positions makes of an n-row table (77 -> 248)."""
+    return min(n, keep) + max(0, n - keep) * ratio
+
+
 def stretch_text_positions(table: torch.Tensor, keep: int = 20, ratio: int = 4) -> torch.Tensor:
     """Long-CLIP's position stretch (77 -> 248): keep the first `keep` rows, insert ratio-1 linearly
     interpolated rows after each later row, and extrapolate ratio-1 rows past the last one."""

@@ -91,7 +91,10 @@ def _dense_fields(cfg, tower):
 
 
 def _from_openai(sd, vision_heads=None, text_heads=None, hidden_act="quick_gelu", source="state dict") -> DenseCLIP:
-    converted = openai_state_dict_to_hf(sd)
+    try:
+        converted = openai_state_dict_to_hf(sd)
+    except CLIPMoEError as err:
+        raise CLIPMoEError(f"{source}: {err}") from None
     vision, text = infer_configs(sd, vision_heads, text_heads, hidden_act)
     if vision is None:
         raise CLIPMoEError(f"{source}: no 'visual.conv1.weight': not an OpenAI-layout CLIP state dict")

@@ -15,9 +15,15 @@ def prepare_base(source: str, out_dir: str, text_positions: int | None = None) -
     `text_positions` (248 = Long-CLIP's 4x stretch of 77), and save model + tokenizer + processor."""
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
-    model = CLIPModel.from_pretrained(source)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    processor = CLIPImageProcessor.from_pretrained(source)
+    if text_positions is not None and text_positions < 1:
+        raise CLIPMoEError(f"--text-positions {text_positions}: must be positive")
+    try:
+        model = CLIPModel.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        processor = CLIPImageProcessor.from_pretrained(source)
+    except OSError as err:  # transformers: not a local folder nor a reachable hub id, or a file missing in it
+        raise CLIPMoEError(f"--model {source}: cannot load a CLIP with its tokenizer and image processor "
+                           f"({str(err).strip().splitlines()[0]})") from None
     if text_positions and text_positions != model.config.text_config.max_position_embeddings:
         table = model.text_model.embeddings.position_embedding.weight.detach()
         stretched = stretch_text_positions(table)

@@ -75,14 +75,20 @@ def save_checkpoint(accelerator, directory, step, model, optimizer, scheduler, t
 
 def load_checkpoint(accelerator, path, model, optimizer, scheduler) -> dict:
     """Restore everything save_checkpoint wrote; returns meta (with 'step')."""
+    from ..errors import CLIPMoEError
+
+    # a checkpoint only appears once complete (renamed from .tmp), so a missing piece was removed by hand
+    needed = ["meta.json"] if is_deepspeed(accelerator) else ["meta.json", "trainable.safetensors", "optimizer.pt", "scheduler.pt"]
+    absent = [name for name in needed if not os.path.isfile(os.path.join(path, name))]
+    if absent:
+        raise CLIPMoEError(f"{path}: checkpoint is incomplete (no {absent[0]}); remove this checkpoint folder to retrain "
+                           "the stage from its start, or pass --restart")
     if is_deepspeed(accelerator):
         accelerator.load_state(path)
     else:
         weights = load_file(os.path.join(path, "trainable.safetensors"))
         missing = set(weights) - set(dict(accelerator.unwrap_model(model).named_parameters()))
         if missing:
-            from ..errors import CLIPMoEError
-
             raise CLIPMoEError(f"{path}: checkpoint holds {min(missing)!r}, which this model does not have (settings changed?)")
         accelerator.unwrap_model(model).load_state_dict(weights, strict=False)
         device = accelerator.device

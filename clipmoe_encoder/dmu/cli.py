@@ -7,7 +7,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import typing
+
+from ..argtypes import at_least
 
 
 def _optional(kind):
@@ -46,6 +49,11 @@ def _common(parser, out_help="run folder (rerun the same command to resume)"):
     parser.add_argument("--data", required=True, help="ShareGPT4V/LLaVA JSON, JSONL {image, caption} or img2dataset folder")
     parser.add_argument("--image-root", default=None, help="where relative image paths start (default: the data file's folder)")
     parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--restart", action="store_true",
+                        help="discard the run already in --out (its features, stages and model) and start afresh; "
+                             "without it a rerun resumes, and one whose settings, base or data changed is refused")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="use a non-empty --out that holds no run of this command (default: refuse)")
     _add_settings_flags(parser)
 
 
@@ -86,39 +94,48 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--mixed-precision", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty <out>/train that holds no training run (default: refuse)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("prepare-base", help="save a dense CLIP (hub id or dir) with tokenizer + processor, optionally 248 text positions")
     p.add_argument("--model", required=True, help="e.g. openai/clip-vit-large-patch14-336")
     p.add_argument("--out", required=True)
     p.add_argument("--text-positions", type=int, default=None, help="248 = Long-CLIP's stretch of 77 (the paper's setting)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (default: refuse)")
     p.set_defaults(func=cmd_prepare_base)
 
     p = sub.add_parser("routing", help="per-layer routing statistics (1st/2nd choice, load, entropy) of a CLIP-MoE")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--image-root", default=None)
-    p.add_argument("--max-samples", type=int, default=256)
+    p.add_argument("--max-samples", type=at_least(1), default=256)
     p.add_argument("--json", default=None, help="write the statistics here (default: print)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file (default: refuse)")
     p.set_defaults(func=cmd_routing)
 
 
 def cmd_run(args) -> int:
     from .pipeline import run_dmu
 
-    print(run_dmu(args.base, args.data, args.out, _settings(args), args.image_root))
+    print(run_dmu(args.base, args.data, args.out, _settings(args), args.image_root, args.restart, args.overwrite))
     return 0
 
 
 def cmd_baseline(args) -> int:
     from .pipeline import run_baseline
 
-    print(run_baseline(args.kind, args.base, args.data, args.out, _settings(args), args.image_root))
+    print(run_baseline(args.kind, args.base, args.data, args.out, _settings(args), args.image_root, args.restart, args.overwrite))
     return 0
 
 
 def cmd_train(args) -> int:
+    from ..outputs import check_output_dir
+    from .data import load_records
     from .trainer import train_contrastive
+
+    # before the model is loaded: where it writes, and the data (read again by the trainer)
+    check_output_dir(os.path.join(args.out, "train"), "--out", args.overwrite, resumable=_is_training_run)
+    load_records(args.data, args.image_root, skip_bad=args.skip_bad)
 
     print(train_contrastive(args.model, args.data, args.out, trainable=args.trainable, epochs=args.epochs, batch_size=args.batch_size,
                             lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, logit_scale=args.logit_scale,
@@ -127,21 +144,30 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _is_training_run(stage_dir) -> bool:
+    return any(os.path.exists(os.path.join(stage_dir, name)) for name in ("log.jsonl", "checkpoints", "done.json"))
+
+
 def cmd_prepare_base(args) -> int:
+    from ..outputs import check_output_dir
     from .base import prepare_base
+
+    check_output_dir(args.out, "--out", args.overwrite)
 
     print(prepare_base(args.model, args.out, args.text_positions))
     return 0
 
 
 def cmd_routing(args) -> int:
+    from ..outputs import check_output_file, write_text_atomic
     from .pipeline import routing_statistics
 
+    if args.json:
+        check_output_file(args.json, "--json", args.overwrite)
     stats = routing_statistics(args.model, args.data, args.image_root, args.max_samples)
     text = json.dumps(stats, indent=1)
     if args.json:
-        with open(args.json, "w") as f:
-            f.write(text)
+        write_text_atomic(args.json, text)
     else:
         print(text)
     return 0
@@ -150,6 +176,7 @@ def cmd_routing(args) -> int:
 def cmd_table(args) -> int:
     from .table import comparison_table
 
-    table = comparison_table(args.base, args.data, args.out, _settings(args), args.eval_data, args.image_root, args.eval_image_root)
+    table = comparison_table(args.base, args.data, args.out, _settings(args), args.eval_data, args.image_root, args.eval_image_root,
+                             args.restart, args.overwrite)
     print(table["markdown"])
     return 0

@@ -93,13 +93,29 @@ def _detect_format(path: str) -> str:
     if head.startswith(b"["):
         return "sharegpt4v"  # conversations or {"image","caption"} entries; both handled there
     if head.startswith(b"{"):
+        if path.endswith(".json"):
+            _refuse_single_object(path)
         return "jsonl"
     raise CLIPMoEError(f"{path}: cannot tell the data format (expected a JSON list, JSONL or a folder); pass --data-format")
+
+
+def _refuse_single_object(path):
+    """A .json file holding one object is not a training set (read as JSONL it would be one record,
+    and the run would fail after features and clustering); several objects, one per line, are JSONL."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return  # not one JSON document: JSONL under a .json name, read (and checked) line by line
+    raise CLIPMoEError(f"{path}: holds one JSON {type(data).__name__}, expected a JSON list of records "
+                       "(ShareGPT4V / LLaVA) or JSONL with one record per line (name it .jsonl)")
 
 
 def _conversation_pairs(path, fmt):
     """ShareGPT4V: caption = conversations[1].value. LLaVA: the first turn from "gpt".
     A list entry with a plain "caption" field is accepted too."""
+    if os.path.isdir(path):
+        raise CLIPMoEError(f"{path}: is a directory; --data-format {fmt} reads a JSON file")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -130,23 +146,34 @@ def _conversation_pairs(path, fmt):
         yield where, entry["image"], caption
 
 
-def _jsonl_pairs(path):
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {n}"
+def _jsonl_lines(path):
+    """(line number, text) of a UTF-8 file; bytes that are not UTF-8 are an error naming the line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
             try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield where, None, f"not valid JSON ({err})"
-                continue
-            if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
-                yield where, None, "field 'image' is missing or not a string"
-            elif not isinstance(entry.get("caption"), str):
-                yield where, None, "field 'caption' is missing or not a string"
-            else:
-                yield where, entry["image"], entry["caption"]
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise CLIPMoEError(f"{path}: line {n}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def _jsonl_pairs(path):
+    if os.path.isdir(path):
+        raise CLIPMoEError(f"{path}: is a directory; --data-format jsonl reads a file")
+    for n, line in _jsonl_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}: line {n}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            yield where, None, f"not valid JSON ({err})"
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+            yield where, None, "field 'image' is missing or not a string"
+        elif not isinstance(entry.get("caption"), str):
+            yield where, None, "field 'caption' is missing or not a string"
+        else:
+            yield where, entry["image"], entry["caption"]
 
 
 def _folder_pairs(root):

@@ -1,7 +1,8 @@
 """The DMU recipe end to end, resumable, plus the two baselines on the same data and budget.
 
 Run folder layout (every piece is written atomically and reused on a rerun):
-  settings.json                 the settings of the run (a rerun with different results-affecting settings is refused)
+  settings.json                 the settings of the run and fingerprints of its base and data (runfolder.py): a
+                                rerun whose results-affecting settings, base or data differ is refused
   features/stage<s>.safetensors embeddings of the stage-s model (stage 0 = base) over the training set
   clusters/labels_stage<s>.safetensors  accumulated cluster labels after clustering stage s
   mcl<s>/                       MCL stage s: log.jsonl, checkpoints/, model/ (dense CLIP), done.json
@@ -27,6 +28,7 @@ import torch
 
 from ..errors import CLIPMoEError
 from ..upcycle import assemble_experts, upcycle
+from . import runfolder
 from .clustering import cluster_features
 from .data import ImageTextDataset, load_records
 from .distributed import make_accelerator
@@ -42,43 +44,56 @@ from .models import (
 )
 from .report import write_report
 from .routing import collect_routing
-from .settings import RESULT_NEUTRAL_SETTINGS, DMUSettings
+from .settings import DMUSettings
 from .trainer import StageSpec, finish_stage, read_done, train_stage, write_done
 
 BASELINES = ("direct-ft", "upcycling")
 
 
-def _check_settings(accelerator, out_dir, settings, extra):
-    """First run: write settings.json. Rerun: refuse settings that would change the result."""
-    path = os.path.join(out_dir, "settings.json")
-    current = dict(dataclasses.asdict(settings), **extra)
-    if os.path.isfile(path):
-        with open(path) as f:
-            saved = json.load(f)
-        for key, value in current.items():
-            if key not in RESULT_NEUTRAL_SETTINGS and key in saved and saved[key] != value:
-                raise CLIPMoEError(f"{path}: field {key!r} was {saved[key]!r} for this run folder, now {value!r}; "
-                                   "use a new --out folder (or the old value) to resume")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(current, f, indent=1)
-        os.replace(path + ".tmp", path)
-    accelerator.wait_for_everyone()
+def _check_base_dir(base_dir):
+    """The base is a dense two-tower CLIP directory, told from its config.json before any weight is read."""
+    from ..checkpoint_io import read_config_json
+
+    base_dir = os.fspath(base_dir)
+    model_type = read_config_json(base_dir).get("model_type")
+    if model_type != "clip":
+        raise CLIPMoEError(f"--base {base_dir}: the base must be a dense two-tower CLIP (config.json 'model_type' 'clip'), "
+                           f"got {model_type!r}")
+    return base_dir
 
 
-def _prepare(base_dir, data_path, out_dir, settings, image_root, extra):
+def _check_enough_data(data_path, records, settings):
+    """Enough pairs for one global batch and for the clusters, or every stage would fail after the features."""
+    need = max(settings.batch_size, settings.clusters_per_modality)
+    if len(records) < need:
+        raise CLIPMoEError(f"{data_path}: {len(records)} usable image-caption pair(s), fewer than --batch-size "
+                           f"{settings.batch_size} / --clusters-per-modality {settings.clusters_per_modality} need ({need})")
+
+
+def _prepare(base_dir, data_path, out_dir, settings, image_root, extra, restart=False, overwrite=False):
+    """Every check that can fail runs before the model is loaded or anything is written: settings,
+    the run folder, the data (every image stat'ed), the base's config, and the fingerprints against
+    a previous run in the folder. Then the folder is claimed (settings.json written)."""
     settings.validate()
-    accelerator = make_accelerator(settings.mixed_precision)
     out_dir = os.fspath(out_dir)
+    runfolder.check_folder(out_dir, overwrite)
     records, data_report = load_records(data_path, image_root, settings.data_format, settings.skip_bad)
+    _check_enough_data(data_path, records, settings)
+    base_dir = _check_base_dir(base_dir)
+    saved = runfolder.read_saved(out_dir) or {}
+    current = dict(dataclasses.asdict(settings), **extra, base=os.path.abspath(base_dir), data=os.path.abspath(data_path),
+                   base_fingerprint=runfolder.base_fingerprint(base_dir, saved.get("base_fingerprint")),
+                   data_fingerprint=runfolder.data_fingerprint(data_path, records, image_root))
+    runfolder.check_resume(out_dir, current, restart)
+    accelerator = make_accelerator(settings.mixed_precision)
+    if accelerator.is_main_process and (restart or (overwrite and not saved)):
+        runfolder.clear_run(out_dir)
+    accelerator.wait_for_everyone()
     tokenizer, processor = load_preprocessors(base_dir)
     base = load_model(base_dir)
-    if base.config.model_type != "clip":
-        raise CLIPMoEError(f"{base_dir}: the base must be a dense two-tower CLIP (model_type 'clip'), got {base.config.model_type!r}")
-    # only once the inputs are known to be good, so a typo does not pin the run folder to a bad path
-    _check_settings(accelerator, out_dir, settings, dict(extra, base=os.path.abspath(base_dir), data=os.path.abspath(data_path)))
+    if accelerator.is_main_process:
+        runfolder.write_settings(out_dir, current)
+    accelerator.wait_for_everyone()
     set_frozen_logit_scale(base, settings.logit_scale)
     dataset = ImageTextDataset(records, processor, tokenizer, text_length(base), settings.skip_bad)
     return accelerator, out_dir, base, tokenizer, processor, dataset, data_report
@@ -165,17 +180,21 @@ def _stage_labels(accelerator, out_dir, s, model_dir_or_model, dataset, previous
     return load_tensors(labels_path)["labels"].numpy()
 
 
-def run_dmu(base_dir, data_path, out_dir, settings: DMUSettings | None = None, image_root=None) -> str:
+def run_dmu(base_dir, data_path, out_dir, settings: DMUSettings | None = None, image_root=None, restart: bool = False,
+            overwrite: bool = False) -> str:
     """Diversified Multiplet Upcycling from a dense CLIP directory; returns the CLIP-MoE directory.
 
     Stages: features + k-means of the base -> MCL stage 1 on cluster batches -> features + k-means
     of stage 1 (labels accumulate) -> ... -> MCL stage N-1 -> assemble (expert 0 = base FFN, expert s
     = stage-s FFN) -> router training with InfoNCE + load balancing -> out_dir/final + report.
     Rerunning the same call resumes: finished stages are skipped, a stage resumes from its last
-    checkpoint, cached features and labels are reused.
+    checkpoint, cached features and labels are reused; a rerun whose settings, base or data changed is
+    refused (`restart=True` discards the folder's run instead). A non-empty folder that holds no run is
+    refused unless `overwrite`.
     """
     settings = settings or DMUSettings()
-    accelerator, out_dir, base, tokenizer, processor, dataset, data_report = _prepare(base_dir, data_path, out_dir, settings, image_root, {"pipeline": "dmu"})
+    accelerator, out_dir, base, tokenizer, processor, dataset, data_report = _prepare(base_dir, data_path, out_dir, settings, image_root, {"pipeline": "dmu"},
+                                                                                       restart, overwrite)
     final_dir = os.path.join(out_dir, "final")
     timings_path = os.path.join(out_dir, "timings.json")
     timings = {}
@@ -226,7 +245,8 @@ def run_dmu(base_dir, data_path, out_dir, settings: DMUSettings | None = None, i
     return final_dir
 
 
-def run_baseline(kind: str, base_dir, data_path, out_dir, settings: DMUSettings | None = None, image_root=None) -> str:
+def run_baseline(kind: str, base_dir, data_path, out_dir, settings: DMUSettings | None = None, image_root=None,
+                 restart: bool = False, overwrite: bool = False) -> str:
     """A baseline of the paper's table on the same data and budget; returns its model directory.
 
     kind "direct-ft": the dense CLIP fine-tuned (all parameters, or the FFNs with
@@ -241,7 +261,8 @@ def run_baseline(kind: str, base_dir, data_path, out_dir, settings: DMUSettings 
         raise CLIPMoEError(f"baseline kind must be one of {', '.join(BASELINES)}, got {kind!r}")
     settings = settings or DMUSettings()
     stage_dir = os.path.join(os.fspath(out_dir), kind)
-    accelerator, _, base, tokenizer, processor, dataset, data_report = _prepare(base_dir, data_path, stage_dir, settings, image_root, {"pipeline": kind})
+    accelerator, _, base, tokenizer, processor, dataset, data_report = _prepare(base_dir, data_path, stage_dir, settings, image_root, {"pipeline": kind},
+                                                                                      restart, overwrite)
     epochs = (settings.num_experts - 1) * settings.mcl_epochs + settings.router_epochs
     done = read_done(stage_dir)
     if done is None:

@@ -59,22 +59,45 @@ class DMUSettings:
     routing_stats_samples: int = _knob(256, "held-out samples for the routing statistics in the report")
 
     def validate(self):
-        from ..configuration import AUX_LOSS_COUNTS  # imports transformers: not needed to build the flags
+        """One line naming the flag of the first setting out of range (before anything is read)."""
+        # imported here: they pull in transformers and torch, which building the flags does not need
+        from ..configuration import AUX_LOSS_COUNTS
+        from .data import FORMATS
+
+        def optional_positive(value):
+            return value is None or value > 0
 
         checks = [
-            (self.num_experts >= 2, "num_experts must be at least 2 (expert 0 is the base FFN)"),
-            (1 <= self.top_k <= self.num_experts, f"top_k must be between 1 and num_experts={self.num_experts}"),
-            (self.clusters_per_modality >= 1, "clusters_per_modality must be positive"),
-            (self.batch_size >= 2, "batch_size must be at least 2"),
-            (self.aux_loss_count in AUX_LOSS_COUNTS, f"aux_loss_count must be one of {', '.join(AUX_LOSS_COUNTS)}"),
-            (self.last_k_blocks is None or self.last_k_blocks >= 1, "last_k_blocks must be positive"),
-            (self.save_every >= 1, "save_every must be positive"),
-            *((getattr(self, f.name) in f.metadata["choices"], f"{f.name} must be one of {', '.join(f.metadata['choices'])}")
+            ("num_experts", self.num_experts >= 2, "must be at least 2 (expert 0 is the base FFN)"),
+            ("top_k", 1 <= self.top_k <= self.num_experts, f"must be between 1 and --num-experts {self.num_experts}"),
+            ("clusters_per_modality", self.clusters_per_modality >= 1, "must be positive"),
+            ("mcl_epochs", self.mcl_epochs >= 1, "must be positive"),
+            ("router_epochs", self.router_epochs >= 1, "must be positive"),
+            ("batch_size", self.batch_size >= 2, "must be at least 2"),
+            ("lr_mcl", self.lr_mcl > 0, "must be positive"),
+            ("lr_router", self.lr_router > 0, "must be positive"),
+            ("wd_mcl", self.wd_mcl >= 0, "must not be negative"),
+            ("wd_router", self.wd_router >= 0, "must not be negative"),
+            ("warmup_steps", self.warmup_steps >= 0, "must not be negative"),
+            ("lb_coef", self.lb_coef >= 0, "must not be negative"),
+            ("z_coef", self.z_coef >= 0, "must not be negative"),
+            ("expert_dropout", 0 <= self.expert_dropout < 1, "must be in [0, 1)"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+            ("logit_scale", optional_positive(self.logit_scale), "must be positive, or 'none' to train the model's"),
+            ("max_grad_norm", optional_positive(self.max_grad_norm), "must be positive, or 'none'"),
+            ("aux_loss_count", self.aux_loss_count in AUX_LOSS_COUNTS, f"must be one of {', '.join(AUX_LOSS_COUNTS)}"),
+            ("data_format", self.data_format in FORMATS, f"must be one of {', '.join(FORMATS)}"),
+            ("last_k_blocks", optional_positive(self.last_k_blocks), "must be positive"),
+            ("save_every", self.save_every >= 1, "must be positive"),
+            ("num_workers", self.num_workers >= 0, "must not be negative"),
+            ("feature_batch_size", self.feature_batch_size >= 1, "must be positive"),
+            ("routing_stats_samples", self.routing_stats_samples >= 1, "must be positive"),
+            *((f.name, getattr(self, f.name) in f.metadata["choices"], f"must be one of {', '.join(f.metadata['choices'])}")
               for f in fields(self) if f.metadata["choices"]),
         ]
-        for ok, message in checks:
+        for name, ok, message in checks:
             if not ok:
-                raise CLIPMoEError(f"settings: {message}")
+                raise CLIPMoEError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {message}")
         return self
 
 

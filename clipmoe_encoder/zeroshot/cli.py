@@ -11,6 +11,7 @@ import os
 import re
 import sys
 
+from ..argtypes import at_least
 from ..errors import CLIPMoEError
 
 RETRIEVAL_DATASETS = ("coco-karpathy", "coco-val2017", "flickr-karpathy", "flickr-full", "json")
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
     r.add_argument("--annotations", required=True, help="the annotation file of --dataset")
     r.add_argument("--images", default=None, help="image folder (required except for --dataset json, which defaults to the JSON's folder)")
     r.add_argument("--split", default="test", help="Karpathy split to evaluate (default: test)")
-    r.add_argument("--captions-per-image", type=int, default=5,
+    r.add_argument("--captions-per-image", type=at_least(0), default=5,
                    help="captions kept per image for COCO (first N, default 5 as in the 5k/25k protocol; 0 keeps all)")
     r.set_defaults(func=run_retrieval)
 
@@ -53,8 +54,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="a saved CLIPModel / CLIP-MoE directory (with tokenizer and preprocessor_config.json), or "
                         "open_clip:<model name>:<checkpoint file or pretrained tag>")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--text-batch-size", type=int, default=256, help="texts per forward pass (default 256)")
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="images per forward pass (default 64)")
+    p.add_argument("--text-batch-size", type=at_least(1), default=256, help="texts per forward pass (default 256)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object on the last line")
 
@@ -135,10 +136,12 @@ def run_retrieval(args) -> int:
 def run_classify(args) -> int:
     from .encoders import load_encoder
     from .metrics import evaluate_classification
+    from .templates import resolve_templates
 
     images, labels, names = read_classification(args.dataset, args.data, args.classnames)
+    templates = resolve_templates(args.templates)  # a bad templates file is found before the model loads
     encoder = load_encoder(args.model, device=_device(args.device))
-    metrics = evaluate_classification(encoder, images, labels, names, templates=args.templates, batch_size=args.batch_size,
+    metrics = evaluate_classification(encoder, images, labels, names, templates=templates, batch_size=args.batch_size,
                                       text_batch_size=args.text_batch_size, progress=not args.no_progress)
     return _report(args, dict(task="classify", dataset=args.dataset, model=str(args.model), **metrics))
 

@@ -72,14 +72,25 @@ def _check_images(paths: list[str], source: str, where: list[str]) -> None:
 # retrieval
 
 
-def _read_json(path, what):
+def read_text_file(path, what: str) -> str:
+    """The text of a UTF-8 file; a missing file, a directory or other bytes are one error naming it."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CLIPMoEError(f"{path}: no such file ({what})")
+        raise CLIPMoEError(f"{path}: {'is a directory' if os.path.isdir(path) else 'no such file'}, expected the {what} file")
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise CLIPMoEError(f"{path}: line {line}: not UTF-8 text ({err.reason}); the {what} file must be UTF-8") from None
+
+
+def _read_json(path, what):
+    text = read_text_file(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
         raise CLIPMoEError(f"{path}: not valid JSON ({err})") from None
 
 
@@ -90,6 +101,14 @@ def _field(entry, key, path, where, kind=None):
     if kind is not None and not isinstance(value, kind):
         raise CLIPMoEError(f"{path}: {where}: field {key!r} is a {type(value).__name__}, expected {kind.__name__}")
     return value
+
+
+def _caption(text: str, path, where: str) -> str:
+    """A caption stripped of surrounding spaces; one of only spaces would be encoded as a text, so it is an error."""
+    text = text.strip()
+    if not text:
+        raise CLIPMoEError(f"{path}: {where}: caption is empty or only spaces")
+    return text
 
 
 def _require_dir(root, what):
@@ -116,7 +135,8 @@ def read_karpathy(json_path, image_root, split="test", captions_per_image: int |
             continue
         filename = _field(entry, "filename", json_path, place, str)
         sentences = _field(entry, "sentences", json_path, place, list)
-        texts = [_field(s, "raw", json_path, f"{place}.sentences[{j}]", str) for j, s in enumerate(sentences)]
+        texts = [_caption(_field(s, "raw", json_path, f"{place}.sentences[{j}]", str), json_path, f"{place}.sentences[{j}]")
+                 for j, s in enumerate(sentences)]
         if not texts:
             raise CLIPMoEError(f"{json_path}: {place}: 'sentences' is empty")
         path = os.path.join(root, entry.get("filepath") or "", filename)
@@ -146,10 +166,10 @@ def read_coco_captions(annotation_json, image_root, captions_per_image: int | No
         order.append(image_id)
     for i, ann in enumerate(annotations):
         image_id = _field(ann, "image_id", annotation_json, f"annotations[{i}]")
-        caption = _field(ann, "caption", annotation_json, f"annotations[{i}]", str)
+        caption = _caption(_field(ann, "caption", annotation_json, f"annotations[{i}]", str), annotation_json, f"annotations[{i}]")
         if image_id not in by_id:
             raise CLIPMoEError(f"{annotation_json}: annotations[{i}]: image_id {image_id!r} is not in 'images'")
-        by_id[image_id][1].append(caption.strip())
+        by_id[image_id][1].append(caption)
     paths, captions, where = [], [], []
     for image_id in order:
         file_name, texts, place = by_id[image_id]
@@ -170,19 +190,17 @@ def read_flickr_token(token_file, image_root):
     """Flickr30k `results_20130124.token` (`1000092795.jpg#0<TAB>caption` per line): every image
     with its captions in caption-index order; the paper's full 31,783-image protocol."""
     token_file = os.fspath(token_file)
-    if not os.path.isfile(token_file):
-        raise CLIPMoEError(f"{token_file}: no such file (Flickr30k token file)")
+    text = read_text_file(token_file, "Flickr30k token")
     root = _require_dir(image_root, "image folder")
     grouped: dict[str, list[tuple[int, str]]] = {}
-    with open(token_file, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            m = _TOKEN_LINE.match(line)
-            if m is None:
-                raise CLIPMoEError(f"{token_file}: line {number}: expected '<image>.jpg#<n><TAB><caption>', got {line[:80]!r}")
-            grouped.setdefault(m["image"].strip(), []).append((int(m["index"]), m["caption"].strip()))
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        m = _TOKEN_LINE.match(line)
+        if m is None:
+            raise CLIPMoEError(f"{token_file}: line {number}: expected '<image>.jpg#<n><TAB><caption>', got {line[:80]!r}")
+        grouped.setdefault(m["image"].strip(), []).append((int(m["index"]), _caption(m["caption"], token_file, f"line {number}")))
     if not grouped:
         raise CLIPMoEError(f"{token_file}: no captions")
     paths = [os.path.join(root, name) for name in grouped]
@@ -210,7 +228,7 @@ def read_image_text_json(path, image_root=None):
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise CLIPMoEError(f"{path}: {place}: field {key!r} must be a string or a non-empty list of strings")
         full = os.path.join(root, image)
-        merged.setdefault(full, []).extend(t.strip() for t in texts)
+        merged.setdefault(full, []).extend(_caption(t, path, f"{place} caption {j}") for j, t in enumerate(texts))
         where.setdefault(full, place)
     if not merged:
         raise CLIPMoEError(f"{path}: no entries")
@@ -253,10 +271,7 @@ def load_classnames(path, folders: list[str]) -> list[str]:
     """Class names for `folders` (sorted class-folder order) from a file: one name per line in
     that order, a JSON list in that order, or a JSON object {folder: name} covering every folder."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CLIPMoEError(f"{path}: no such class-names file")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text_file(path, "class-names")
     if path.lower().endswith(".json") or text.lstrip()[:1] in ("{", "["):
         try:
             data = json.loads(text)

@@ -167,7 +167,7 @@ def _load_directory(path, device, tokenizer, image_processor) -> HFCLIPEncoder:
             f"{os.path.join(path, 'config.json')}: field 'model_type' is {model_type!r}; zero-shot evaluation needs "
             "both towers ('clip' or 'clipmoe')"
         )
-    model = AutoModel.from_pretrained(path)  # CLIPModel or CLIPMoEModel (registered by clipmoe_encoder)
+    # tokenizer and image processor first: a missing one is found before the weights are read
     if tokenizer is None:
         if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
             raise CLIPMoEError(
@@ -186,6 +186,7 @@ def _load_directory(path, device, tokenizer, image_processor) -> HFCLIPEncoder:
             image_processor = CLIPImageProcessor.from_pretrained(path)
         except Exception as err:  # noqa: BLE001
             raise CLIPMoEError(f"{config_file}: cannot load the image processor ({err})") from None
+    model = AutoModel.from_pretrained(path)  # CLIPModel or CLIPMoEModel (registered by clipmoe_encoder)
     return HFCLIPEncoder(model, tokenizer, image_processor, device, name=path)
 
 

@@ -109,11 +109,12 @@ def resolve_templates(spec) -> list[str]:
     elif isinstance(spec, (list, tuple)):
         templates, where = list(spec), "templates"
     else:
+        from .datasets import read_text_file
+
         where = os.fspath(spec)
-        if not os.path.isfile(where):
+        if not os.path.exists(where):
             raise CLIPMoEError(f"{where}: no such templates file (expected 'openai', 'simple' or a file with one template per line)")
-        with open(where, encoding="utf-8") as f:
-            templates = [line.rstrip("\n") for line in f]
+        templates = read_text_file(where, "templates").splitlines()
         for number, line in enumerate(templates, start=1):
             if line.strip() and not line.lstrip().startswith("#") and line.count("{}") != 1:
                 raise CLIPMoEError(f"{where}: line {number}: template {line!r} must contain exactly one '{{}}'")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -91,6 +92,46 @@ def test_rerun_resumes_nothing_to_do_and_refuses_changed_settings(run, capsys):
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     assert main(["dmu", "run", "--base", base, "--data", data, "--out", out, *FLAGS, "--lr-router", "1e-2"]) == 2
     assert "field 'lr_router'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resume_compares_content_not_names(run, tmp_path, capsys):
+    """The run folder resumes on the same base and data wherever they now live, and refuses (changing
+    nothing) when their content changed: an in-place caption edit keeps the path and the count."""
+    from tests.encoder.test_bad_inputs import _hash_tree
+
+    base, data, out, _ = run
+    shutil.copytree(os.path.dirname(data), tmp_path / "data")
+    shutil.copytree(base, tmp_path / "base")
+    shutil.copytree(out, tmp_path / "run")
+    moved = [str(tmp_path / "base"), str(tmp_path / "data" / os.path.basename(data)), str(tmp_path / "run")]
+
+    def rerun(*extra):
+        return main(["dmu", "run", "--base", moved[0], "--data", moved[1], "--out", moved[2], *FLAGS, *extra])
+
+    log = _text(tmp_path / "run" / "router" / "log.jsonl")
+    os.utime(moved[1], (1, 1))  # touched: same content
+    assert rerun() == 0
+    assert _text(tmp_path / "run" / "router" / "log.jsonl") == log  # nothing retrained
+
+    records = _json(moved[1])
+    records[3]["conversations"][1]["value"] = "a purple circle"
+    with open(moved[1], "w") as f:
+        json.dump(records, f)
+    before = _hash_tree(str(tmp_path / "run"))
+    capsys.readouterr()
+    assert rerun() == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "settings.json" in err and "training data changed" in err and "--restart" in err
+    assert _hash_tree(str(tmp_path / "run")) == before
+
+    shutil.copy(data, moved[1])  # the data as it was, but another base's weights in the same place
+    make_base(str(tmp_path / "other_base"), seed=5)
+    shutil.copy(tmp_path / "other_base" / "model.safetensors", tmp_path / "base" / "model.safetensors")
+    assert rerun() == 2
+    err = capsys.readouterr().err
+    assert "base model's file 'model.safetensors' changed" in err and "--restart" in err
+    assert _hash_tree(str(tmp_path / "run")) == before
 
 
 @pytest.mark.slow

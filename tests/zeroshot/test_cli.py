@@ -70,7 +70,7 @@ def test_eval_retrieval_human_readable_and_errors(hf_clip, coco_karpathy, capsys
     (images / "val2014" / "COCO_val2014_000000000003.jpg").unlink()
     assert main(base + ["--dataset", "coco-karpathy", "--images", str(images), "--json"]) == 2
     err = capsys.readouterr().err
-    assert "clipmoe eval: error:" in err and "images[3]" in err and "COCO_val2014_000000000003.jpg does not exist" in err
+    assert "clipmoe eval retrieval: error:" in err and "images[3]" in err and "COCO_val2014_000000000003.jpg does not exist" in err
     assert "Traceback" not in err
     # a file that exists but does not decode: found when its batch is encoded, named the same way
     (images / "val2014" / "COCO_val2014_000000000003.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
