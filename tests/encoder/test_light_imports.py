@@ -84,6 +84,6 @@ def test_every_dmu_setting_says_what_it_means_and_checks_its_values():
     with pytest.raises(SystemExit) as exit_info:  # argparse: one usage line, exit 2
         build_parser().parse_args(["dmu", "run", "--base", "b", "--data", "d", "--out", "o", "--small-clusters", "keep"])
     assert exit_info.value.code == 2
-    with pytest.raises(CLIPMoEError, match="mcl_towers must be one of both, vision"):
+    with pytest.raises(CLIPMoEError, match="--mcl-towers 'text': must be one of both, vision"):
         DMUSettings(mcl_towers="text").validate()
     assert DMUSettings().validate() == DMUSettings()
