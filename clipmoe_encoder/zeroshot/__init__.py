@@ -12,6 +12,7 @@ _EXPORTS = {
     **dict.fromkeys(("HFCLIPEncoder", "OpenCLIPEncoder", "ZeroShotEncoder", "load_encoder"), "encoders"),
     **dict.fromkeys(("classification_accuracy", "evaluate_classification", "evaluate_retrieval", "retrieval_recall",
                      "zero_shot_classifier"), "metrics"),
+    **dict.fromkeys(("MMVPPair", "evaluate_mmvp", "mmvp_pair_hits", "mmvp_scores", "read_mmvp"), "mmvp"),
     **dict.fromkeys(("OPENAI_IMAGENET_TEMPLATES", "resolve_templates"), "templates"),
 }
 __all__ = sorted(_EXPORTS)

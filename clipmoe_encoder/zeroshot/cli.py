@@ -1,4 +1,4 @@
-"""`clipmoe eval retrieval|classify`: zero-shot evaluation from the command line.
+"""`clipmoe eval retrieval|classify|mmvp`: zero-shot evaluation from the command line.
 
 Progress bars go to stderr; with --json the last line on stdout is one JSON object of the metrics.
 """
@@ -19,7 +19,7 @@ CLASSIFY_DATASETS = ("folder", "imagenet", "cifar10", "cifar100")
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("eval", help="zero-shot retrieval / classification of a CLIP, open_clip or CLIP-MoE model",
+    parser = subparsers.add_parser("eval", help="zero-shot retrieval / classification / MMVP-VLM of a CLIP, open_clip or CLIP-MoE model",
                                    description=__doc__)
     tasks = parser.add_subparsers(dest="eval_task", required=True)
 
@@ -47,6 +47,13 @@ def register(subparsers) -> None:
                         "names ('_' -> ' '), for imagenet with 1000 wnid folders open_clip's OpenAI class names")
     c.add_argument("--templates", default="openai", help="'openai' (the 80 ImageNet prompts), 'simple' or a file, one template with {} per line")
     c.set_defaults(func=run_classify)
+
+    m = tasks.add_parser("mmvp", help="MMVP-VLM pair accuracy per visual pattern (the CLIP-MoE paper's Table 1)")
+    _common(m)
+    m.add_argument("--data", required=True,
+                   help="the MMVP_VLM folder: Questions.csv (Question ID, Type, Statement) and 'MLLM_VLM Images/<Type>/<id>.jpg'")
+    m.add_argument("--prefix", default="a photo of ", help="put before every statement (default 'a photo of ', as the official script)")
+    m.set_defaults(func=run_mmvp)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -146,12 +153,26 @@ def run_classify(args) -> int:
     return _report(args, dict(task="classify", dataset=args.dataset, model=str(args.model), **metrics))
 
 
+def run_mmvp(args) -> int:
+    from .encoders import load_encoder
+    from .mmvp import evaluate_mmvp, read_mmvp
+
+    pairs = read_mmvp(args.data)
+    encoder = load_encoder(args.model, device=_device(args.device))
+    metrics = evaluate_mmvp(encoder, pairs, prefix=args.prefix, batch_size=args.batch_size,
+                            text_batch_size=args.text_batch_size, progress=not args.no_progress)
+    return _report(args, dict(task="mmvp", dataset="mmvp-vlm", model=str(args.model), **metrics))
+
+
 def _report(args, result: dict) -> int:
     if args.json:
         print(json.dumps(result), flush=True)
         return 0
     print(f"{result['task']} on {result['dataset']} with {result['model']}")
     for key, value in result.items():
-        if key not in ("task", "dataset", "model"):
+        if isinstance(value, dict):  # e.g. MMVP's per-pattern accuracies, one line each
+            for name, number in value.items():
+                print(f"  {name:>34}: {number:.2f}")
+        elif key not in ("task", "dataset", "model"):
             print(f"  {key:>14}: {value:.2f}" if isinstance(value, float) else f"  {key:>14}: {value}")
     return 0
