@@ -125,9 +125,13 @@ def _merge(args):
 
 
 def _run(args):
-    from .run import run
+    from .runner import run
 
-    results = run(args)
+    results = run(args.model_path, args.benchmarks, args.out, args.data_root, limit=args.limit,
+                  all_rounds=args.all_rounds, model_name=args.model_name, overwrite=args.overwrite,
+                  model_base=args.model_base, conv_mode=args.conv_mode, max_new_tokens=args.max_new_tokens,
+                  min_new_tokens=args.min_new_tokens, batch_size=args.batch_size, device=args.device,
+                  skip_bad_images=args.skip_bad_images, progress=args.progress)
     print(f"{results['out']}/results.md")
     return 0
 

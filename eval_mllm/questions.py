@@ -19,11 +19,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .errors import EvalInputError
+from .prompts import MULTIPLE_CHOICE, MULTIPLE_CHOICE_CN
 from .scorers.common import ScorerInputError, not_utf8_error, read_table
 from .scorers.mmbench import absent, options_of
 
-MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
-MC_INSTRUCTION_CN = "请直接回答选项字母。"
 MMBENCH_LETTERS = "ABCD"  # model_vqa_mmbench.py only asks A-D
 
 
@@ -143,8 +142,8 @@ def read_scienceqa(path, single_pred_prompt=True) -> list[Question]:
         text = turns[0]["value"].replace("<image>", "").strip()
         prompt = ("<image>\n" + text) if "image" in rec else text
         if single_pred_prompt:
-            text += "\n" + MC_INSTRUCTION
-            prompt += "\n" + MC_INSTRUCTION
+            text += "\n" + MULTIPLE_CHOICE
+            prompt += "\n" + MULTIPLE_CHOICE
         questions.append(Question(rec["id"], text, prompt, where, image=rec.get("image")))
     return questions
 
@@ -179,7 +178,7 @@ def read_mmbench(path, all_rounds=False, single_pred_prompt=True, lang="en") -> 
                 text += "\n" + letter + ". " + option
             prompt = text  # model_vqa_mmbench's cur_prompt: before the instruction
             if single_pred_prompt:
-                text += "\n" + (MC_INSTRUCTION_CN if lang == "cn" else MC_INSTRUCTION)
+                text += "\n" + (MULTIPLE_CHOICE_CN if lang == "cn" else MULTIPLE_CHOICE)
             letters = list(MMBENCH_LETTERS[:len(options)])
             # As model_vqa_mmbench: option_char holds the original letters, rotated like the options.
             extra = {"round_id": round_id, "options": shown, "option_char": letters[round_id:] + letters[:round_id]}

@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import asdict
 
+from .benchmarks import REGISTRY
 from .references import (
     MMBENCH_CIRCULAR,
     MMBENCH_SINGLE,
@@ -17,11 +18,6 @@ from .references import (
 from .scorers.common import write_atomic
 
 RUN_TOOLKIT = "this command (LLaVA-1.5 eval scripts' prompts and scoring)"
-
-HEADLINE = {  # what each benchmark's headline number is, as the published tables report it
-    "pope": "POPE F1", "mme": "MME-P", "textvqa": "TextVQA", "gqa": "GQA", "scienceqa": "SQA-IMG",
-    "mmbench": "MMBench", "vqav2": "VQAv2", "vizwiz": "VizWiz", "mmvet": "MM-Vet",
-}
 
 
 def _fmt(value, digits=1):
@@ -88,7 +84,7 @@ def _reference_table(summary, names):
     lines = ["", "## Published reference rows", "",
              ("Headline numbers only (— = not published). Every row names its protocol; a lettered "
               "mark beside our number means some rows measured that benchmark otherwise (see below)."),
-             "", "| model | " + " | ".join(HEADLINE.get(n, n) for n in names) + " | protocol |",
+             "", "| model | " + " | ".join(REGISTRY[n].headline for n in names) + " | protocol |",
              "|---|" + "---:|" * len(names) + "---|",
              f"| **this run: {summary['model']}** | " + " | ".join(cells) + f" | {run_protocol} |"]
     for ref in REFERENCES:

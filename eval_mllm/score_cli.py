@@ -11,11 +11,12 @@ the last stdout line is one JSON object of the metrics.  Bad input prints one
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 
 from .errors import DEBUG_ENV, pop_debug_flag, run_command
-from .scorers import SCORERS
+from .benchmarks import REGISTRY
 from .scorers.common import ScorerInputError, check_output_path, emit
 
 
@@ -25,7 +26,8 @@ def _summary(scorer) -> str:
 
 def _add_benchmarks(parser):
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-    for name, scorer in SCORERS.items():
+    for name, bench in REGISTRY.items():
+        scorer = bench.scorer
         p = sub.add_parser(name, help=_summary(scorer), description=scorer.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         scorer.add_arguments(p)
@@ -66,14 +68,36 @@ def _check_outputs(args):
                                "or choose another path")
 
 
-def _score(args) -> int:
-    _check_outputs(args)
-    metrics = SCORERS[args.benchmark].from_args(args)
-    if metrics.get("n_scored") == 0:  # backstop: never print null scores with exit 0
-        raise ScorerInputError(f"{args.benchmark}: nothing was scored ("
+def _scored(benchmark, metrics) -> dict:
+    if metrics.get("n_scored") == 0:  # backstop: never report null scores as a result
+        raise ScorerInputError(f"{benchmark}: nothing was scored ("
                                f"{metrics.get('n_missing', 0)} question(s) without a complete "
                                f"answer, dropped: {metrics.get('dropped', {})})")
-    emit(metrics, as_json=args.json)
+    return metrics
+
+
+def score(benchmark: str, **files) -> dict:
+    """The metrics of one benchmark's answers: `files` are its scorer's keywords, as the
+    `eval-mllm score BENCHMARK --help` flags name them (e.g. pope: annotation_dir,
+    question_file, result_file). Bad input raises ScorerInputError naming the file and field."""
+    from .benchmarks import get
+    from .errors import EvalInputError
+
+    try:
+        bench = get(benchmark)
+    except EvalInputError as exc:
+        raise ScorerInputError(str(exc)) from None
+    try:
+        inspect.signature(bench.scorer.score).bind(**files)
+    except TypeError as exc:
+        accepted = ", ".join(inspect.signature(bench.scorer.score).parameters)
+        raise ScorerInputError(f"{bench.name}: {exc}; its files are: {accepted}") from None
+    return _scored(bench.name, bench.scorer.score(**files))
+
+
+def _score(args) -> int:
+    _check_outputs(args)
+    emit(_scored(args.benchmark, REGISTRY[args.benchmark].scorer.from_args(args)), as_json=args.json)
     return 0
 
 

@@ -22,12 +22,11 @@ import os
 import random
 from collections import Counter
 
-# The MMBench instruction exactly as eval_mllm.questions appends it (and LLaVA's model_vqa_mmbench).
-from eval_mllm.questions import MC_INSTRUCTION
+# LLaVA's instructions, as eval_mllm's question files and readers append them.
+from eval_mllm.prompts import MULTIPLE_CHOICE, SHORT_ANSWER
 
 from .. import world as W
 
-SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA's GQA/POPE eval prompt
 MC_LETTERS = "ABCD"
 
 COUNT_ANSWERS = {1: "one", 2: "two", 3: "three", 4: "four"}
@@ -123,7 +122,7 @@ def multiple_choice(item: dict, rng: random.Random) -> tuple[list[str], int]:
 def mc_text(question: str, options: list[str]) -> str:
     """The user turn as eval_mllm.questions.read_mmbench builds it (no hint)."""
     lines = [question] + [f"{letter}. {option}" for letter, option in zip(MC_LETTERS, options)]
-    return "\n".join(lines) + "\n" + MC_INSTRUCTION
+    return "\n".join(lines) + "\n" + MULTIPLE_CHOICE
 
 
 # ---------------------------------------------------------------------------------------------

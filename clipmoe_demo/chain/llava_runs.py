@@ -23,7 +23,7 @@ from llava_integration import launch_dir
 # the folder holding the packages (a checkout, or site-packages): the children import this code from it
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUNS = ("dense", "clip-moe")
-ANSWER_FILES = {"pope": "pope.jsonl", "gqa": "gqa.jsonl", "mmbench": "mmbench.jsonl"}
+BENCHMARKS = ("pope", "gqa", "mmbench")  # eval_mllm benchmark names, in the report's order
 DONE_MARKER = "chain_stage_done.json"
 
 
@@ -193,56 +193,69 @@ def train_run(name: str, tower: str, llm_dir: str, data_paths: dict, image_folde
             "seconds": seconds, "reused": reused}
 
 
-def generate_commands(model_dir: str, benchmarks: dict, answers_dir: str, plan: LlavaPlan) -> dict[str, list[str]]:
-    """`python -m eval_mllm generate` of each benchmark, as a user would type it."""
-    return {name: [sys.executable, "-m", "eval_mllm", "generate", "--model-path", model_dir,
-                   "--question-file", benchmarks[name]["question_file"], "--image-folder", benchmarks["image_folder"],
-                   "--answers-file", os.path.join(answers_dir, ANSWER_FILES[name]),
-                   "--max-new-tokens", str(plan.max_new_tokens), "--batch-size", str(plan.eval_batch),
-                   "--device", "cpu", "--no-progress"]
-            for name in ANSWER_FILES}
+def eval_files(benchmarks: dict) -> dict:
+    """The chain's benchmark files, named as eval_mllm.benchmarks names them (its layout is not
+    a --data-root: one image folder, the world's, for all three)."""
+    images = benchmarks["image_folder"]
+    return {"pope": {"question_file": benchmarks["pope"]["question_file"], "image_folder": images,
+                     "annotation_dir": benchmarks["pope"]["annotation_dir"]},
+            "gqa": {"question_file": benchmarks["gqa"]["question_file"], "image_folder": images,
+                    "annotation_file": benchmarks["gqa"]["annotation_file"]},
+            "mmbench": {"question_file": benchmarks["mmbench"]["question_file"]}}
 
 
-def answer_benchmarks(model_dir: str, benchmarks: dict, answers_dir: str, plan: LlavaPlan, fresh: bool) -> float:
-    """Answers of one checkpoint to the three benchmarks, one `eval_mllm generate` process each
-    (MMBench-style: one pass, round 0). generate resumes an answers file, so answers of an earlier
-    checkpoint are removed first (fresh: stage 2 was trained in this run)."""
-    start = time.perf_counter()
+def eval_arguments(model_dir: str, benchmarks: dict, eval_dir: str, plan: LlavaPlan) -> dict:
+    """Keywords of `eval_mllm.run` for one checkpoint (MMBench-style: one pass, round 0)."""
+    return {"model": model_dir, "benchmarks": list(BENCHMARKS), "out": eval_dir, "files": eval_files(benchmarks),
+            "max_new_tokens": plan.max_new_tokens, "batch_size": plan.eval_batch, "device": "cpu",
+            "progress": False}
+
+
+def eval_call(arguments: dict) -> str:
+    """The `eval_mllm.run` call as a user writes it (for the report)."""
+    return "eval_mllm.run(" + ", ".join(f"{k}={v!r}" for k, v in arguments.items()) + ")"
+
+
+def answer_and_score(model_dir: str, benchmarks: dict, eval_dir: str, plan: LlavaPlan, fresh: bool) -> dict:
+    """One checkpoint's answers to the three benchmarks and their scores, in this process
+    (eval_mllm.run). It resumes an answers file, so answers of an earlier checkpoint are removed
+    first (fresh: stage 2 was trained in this run). Returns {benchmark: metrics}."""
+    import eval_mllm
+
     if fresh:
-        shutil.rmtree(answers_dir, ignore_errors=True)
-    os.makedirs(answers_dir, exist_ok=True)
-    for name, cmd in generate_commands(model_dir, benchmarks, answers_dir, plan).items():
-        _run_logged(cmd, child_env(), os.path.join(answers_dir, f"generate_{name}.log"), f"eval_mllm generate ({name})")
-    return time.perf_counter() - start
+        shutil.rmtree(eval_dir, ignore_errors=True)
+    summary = eval_mllm.run(**eval_arguments(model_dir, benchmarks, eval_dir, plan))
+    return {name: summary["benchmarks"][name]["metrics"] for name in BENCHMARKS}
 
 
 def run_both(towers: dict, llm_dir: str, data_paths: dict, benchmarks: dict, out_dir: str, plan: LlavaPlan,
              log=print) -> dict:
-    """Both runs side by side, one thread each (the work is in child processes; each has one core
-    of the two this is sized for): train, then answer the benchmarks."""
+    """Both runs trained side by side, one thread each (the training is in DeepSpeed child
+    processes; each has one core of the two this is sized for), then each checkpoint answers and
+    is scored in this process, one after the other (a model load is not thread-safe)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(name):
-        run_dir = os.path.join(out_dir, name)
+    def train(name):
         log(f"[chain] llava-{name}: training ({towers[name]})")
-        result = train_run(name, towers[name], llm_dir, data_paths, benchmarks["image_folder"], run_dir, plan)
+        result = train_run(name, towers[name], llm_dir, data_paths, benchmarks["image_folder"],
+                           os.path.join(out_dir, name), plan)
         done = "reused from an earlier run" if result["reused"]["stage2"] else "trained"
-        log(f"[chain] llava-{name}: {done} ({sum(result['seconds'].values()):.1f} s); answering")
-        result["answers_dir"] = os.path.join(run_dir, "answers")
-        result["generate_commands"] = {b: display(cmd) for b, cmd in generate_commands(
-            result["stage2"], benchmarks, result["answers_dir"], plan).items()}
-        result["seconds"]["answers"] = answer_benchmarks(result["stage2"], benchmarks, result["answers_dir"], plan,
-                                                         fresh=not result["reused"]["stage2"])
+        log(f"[chain] llava-{name}: {done} ({sum(result['seconds'].values()):.1f} s)")
         return result
 
     with ThreadPoolExecutor(max_workers=len(RUNS)) as pool:
-        futures = {name: pool.submit(one, name) for name in RUNS}
-        return {name: f.result() for name, f in futures.items()}
-
-
-def display(cmd: list[str]) -> str:
-    """A child command as a user types it (`python` for this interpreter)."""
-    return shlex.join(["python" if c == sys.executable else c for c in cmd])
+        futures = {name: pool.submit(train, name) for name in RUNS}
+        results = {name: f.result() for name, f in futures.items()}
+    for name, result in results.items():
+        log(f"[chain] llava-{name}: answering and scoring")
+        eval_dir = os.path.join(out_dir, name, "eval")
+        start = time.perf_counter()
+        result["scores"] = answer_and_score(result["stage2"], benchmarks, eval_dir, plan,
+                                            fresh=not result["reused"]["stage2"])
+        result["seconds"]["answers + scores"] = time.perf_counter() - start
+        result["answers_dir"] = os.path.join(eval_dir, "answers")
+        result["eval_call"] = eval_call(eval_arguments(result["stage2"], benchmarks, eval_dir, plan))
+    return results
 
 
 def plan_dict(plan: LlavaPlan) -> dict:

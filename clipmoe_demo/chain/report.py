@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import subprocess
-import sys
 from collections import Counter
 
 RUN_LABELS = {"dense": "LLaVA + dense CLIP tower", "clip-moe": "LLaVA + CLIP-MoE tower"}
@@ -21,34 +18,6 @@ DEMO_STAGE = "DMU demo (wall clock of run_demo; its stages above)"
 
 # ---------------------------------------------------------------------------------------------
 # scores
-
-def score_commands(benchmarks: dict, answers_dir: str) -> dict[str, list[str]]:
-    """`python -m eval_mllm score ... --json` of each benchmark, as a user would type it."""
-    from .llava_runs import ANSWER_FILES
-
-    def answers(name):
-        return ["--result-file", os.path.join(answers_dir, ANSWER_FILES[name]), "--json"]
-
-    base = [sys.executable, "-m", "eval_mllm", "score"]
-    return {"pope": base + ["pope", "--annotation-dir", benchmarks["pope"]["annotation_dir"],
-                            "--question-file", benchmarks["pope"]["question_file"]] + answers("pope"),
-            "gqa": base + ["gqa", "--question-file", benchmarks["gqa"]["question_file"],
-                           "--annotation-file", benchmarks["gqa"]["annotation_file"]] + answers("gqa"),
-            "mmbench": base + ["mmbench", "--question-file", benchmarks["mmbench"]["question_file"]] + answers("mmbench")}
-
-
-def score_run(benchmarks: dict, answers_dir: str) -> dict:
-    """One run's answers scored by `python -m eval_mllm score` (the metrics: its last stdout line)."""
-    from .llava_runs import child_env
-
-    scores = {}
-    for name, cmd in score_commands(benchmarks, answers_dir).items():
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=child_env())
-        if proc.returncode != 0:
-            raise RuntimeError(f"{shlex.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-        scores[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return scores
-
 
 def chance_levels(benchmarks: dict) -> dict:
     """What guessing scores on each benchmark (percent). POPE: each image has as many "no" as
@@ -74,7 +43,7 @@ def most_common_answer(answers_file: str) -> str:
 def benchmark_rows(scores: dict, chance: dict, answers_dirs: dict | None = None) -> list[tuple[str, str, dict]]:
     """(benchmark / metric label, chance text, {run: value}) for the side-by-side table;
     with answers_dirs ({run: folder}) also each run's most common answer per benchmark."""
-    from .llava_runs import ANSWER_FILES
+    from eval_mllm.benchmarks import REGISTRY
 
     runs = list(scores)
     rows = []
@@ -98,7 +67,7 @@ def benchmark_rows(scores: dict, chance: dict, answers_dirs: dict | None = None)
     for name, label in (("pope", "POPE"), ("gqa", "GQA-style"), ("mmbench", "MMBench-style")):
         if answers_dirs:
             rows.append((f"{label}: most common answer (share)", "",
-                         {r: most_common_answer(os.path.join(answers_dirs[r], ANSWER_FILES[name])) for r in runs}))
+                         {r: most_common_answer(os.path.join(answers_dirs[r], REGISTRY[name].answers_file)) for r in runs}))
     return rows
 
 
@@ -183,8 +152,6 @@ def write_report(out_dir: str, summary: dict) -> str:
 def markdown(out_dir: str, summary: dict, loss_figure: str) -> str:
     from ..encoder.report import results_table
 
-    from .llava_runs import display
-
     demo, plan = summary["demo"], summary["plan"]
     demo_rel = os.path.relpath(summary["demo_dir"], out_dir)
     runs = summary["runs"]
@@ -208,8 +175,8 @@ def markdown(out_dir: str, summary: dict, loss_figure: str) -> str:
             f"Training data: {plan['n_train']} training scenes; "
             f"benchmarks: {plan['n_test']} held-out scenes "
             f"(POPE {summary['benchmarks']['pope']['n']}, GQA-style {summary['benchmarks']['gqa']['n']}, "
-            f"MMBench-style {summary['benchmarks']['mmbench']['n']} questions), answered greedily with "
-            "`python -m eval_mllm generate` and scored with `python -m eval_mllm score` (commands below)."), ""]
+            f"MMBench-style {summary['benchmarks']['mmbench']['n']} questions), answered greedily and scored "
+            "in this process by `eval_mllm.run` (the call below)."), ""]
     md += [benchmark_table(summary["scores"], summary["chance"], {r: run["answers_dir"] for r, run in runs.items()}), ""]
     md += ["| run | vision tower | stage-1 loss first → last | stage-2 loss first → last |", "|---|---|---:|---:|"]
     for name, run in runs.items():
@@ -239,9 +206,6 @@ def markdown(out_dir: str, summary: dict, loss_figure: str) -> str:
     md += [f"| **total (wall clock of this command)** | **{summary['total_seconds']:.1f}** |"]
     md += [f"| **total, demo counted by its recorded stage times** | **{chain_seconds(summary):.1f}** |", ""]
     md += ["## Settings", "", f"`{json.dumps(plan)}`", ""]
-    md += ["## The evaluation commands (CLIP-MoE run; the dense run's differ only in their folders)", "", "```"]
-    moe = runs["clip-moe"]
-    md += list(moe.get("generate_commands", {}).values())
-    md += [display(cmd) for cmd in score_commands(summary["benchmarks"], moe["answers_dir"]).values()]
-    md += ["```", ""]
+    md += ["## The evaluation call (CLIP-MoE run; the dense run's differs only in its folders)", "", "```python"]
+    md += ["import eval_mllm", "", runs["clip-moe"]["eval_call"], "```", ""]
     return "\n".join(md)

@@ -13,7 +13,6 @@ import time
 
 def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
     from ..encoder.run import run_demo
-
     from . import data, language_model, llava_runs, report
 
     start = time.perf_counter()
@@ -40,9 +39,9 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
                    lambda: llava_runs.tower_names(demo["models"], os.path.join(llava_dir, "towers")))
     llm = timed("language model: tokenizer, Llama, causal-LM training on the world's text",
                 lambda: language_model.build_language_model(os.path.join(llava_dir, "llm"), paths, plan))
-    runs = timed("LLaVA: both runs (stage 1, stage 2, answers)", lambda: llava_runs.run_both(
+    runs = timed("LLaVA: both runs (stage 1, stage 2, answers and scores)", lambda: llava_runs.run_both(
         towers, llm["dir"], paths, benchmarks, llava_dir, plan, log))
-    scores = timed("scoring", lambda: {name: report.score_run(benchmarks, run["answers_dir"]) for name, run in runs.items()})
+    scores = {name: run.pop("scores") for name, run in runs.items()}  # scored as each run answered
     curves = {name: {stage: report.read_log_history(run[stage]) for stage in ("stage1", "stage2")}
               for name, run in runs.items()}
     summary = {"mode": "quick" if quick else "full", "demo": demo, "demo_dir": demo_dir,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from eval_mllm.prompts import MULTIPLE_CHOICE, SHORT_ANSWER
 from eval_mllm.scorers import mme as _mme
 from eval_mllm.scorers import pope as _pope
 from eval_mllm.scorers import scienceqa as _sqa
@@ -19,8 +20,9 @@ from eval_mllm.scorers.mmbench import absent, is_round_correct, options_of
 from eval_mllm.scorers.textvqa import build_textvqa_prompt
 from eval_mllm.scorers.vqav2 import vqa_accuracy
 
-SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
-LETTER_ANSWER = "\nAnswer with the option's letter from the given choices directly."
+# The YAMLs' post_prompt defaults (tests/eval_mllm/test_benchmarks.py checks the YAMLs against them).
+SHORT_ANSWER_POST = "\n" + SHORT_ANSWER
+LETTER_ANSWER = "\n" + MULTIPLE_CHOICE
 LETTERS = "ABCDE"
 
 
@@ -118,7 +120,7 @@ def textvqa_process_results(doc, results):
 
 def gqa_doc_to_text(doc, lmms_eval_specific_kwargs=None):
     kw = lmms_eval_specific_kwargs
-    return f"{_kw(kw, 'pre_prompt', '')}{doc['question']}{_kw(kw, 'post_prompt', SHORT_ANSWER)}"
+    return f"{_kw(kw, 'pre_prompt', '')}{doc['question']}{_kw(kw, 'post_prompt', SHORT_ANSWER_POST)}"
 
 
 def gqa_process_results(doc, results):

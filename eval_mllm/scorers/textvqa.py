@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import re
 
+from ..prompts import SHORT_ANSWER
 from .common import (
     ScorerInputError,
     check_fields,
@@ -46,7 +47,7 @@ from .vqav2 import vqa_accuracy
 BENCHMARK = "textvqa"
 ANNOTATION_FIELDS = {"question_id": (int, str), "image_id": (int, str), "question": str,
                      "answers": list}
-INSTRUCTION = "Answer the question using a single word or phrase."
+INSTRUCTION = SHORT_ANSWER
 
 
 def build_textvqa_prompt(question: str, ocr_tokens) -> str:

@@ -4,7 +4,7 @@ import argparse
 import json
 
 from eval_mllm import score_cli
-from eval_mllm.scorers import SCORERS
+from eval_mllm.benchmarks import REGISTRY
 
 
 def test_input_error_is_one_line_and_exit_2(cli, tmp_path):
@@ -35,6 +35,6 @@ def test_build_parser_adds_score_subcommand(tmp_path, h, capsys):
 
 
 def test_registry_modules_have_the_interface():
-    for name, scorer in SCORERS.items():
+    for name, bench in REGISTRY.items():
         for attr in ("score", "add_arguments", "from_args"):
-            assert callable(getattr(scorer, attr)), (name, attr)
+            assert callable(getattr(bench.scorer, attr)), (name, attr)

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from eval_mllm.run import BENCHMARKS
+from eval_mllm.benchmarks import runnable
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                       "scripts", "eval", "prepare_data.sh")
@@ -32,11 +32,11 @@ def test_dry_run_covers_the_layout(tmp_path):
     assert "http://images.cocodataset.org/zips/val2014.zip" in out
     assert "mmbench_dev_20230712.tsv" in out and "TextVQA_0.5.1_val.json" in out
     # every question / annotation file that `run` checks is a target of the script
-    for bench in BENCHMARKS.values():
+    for bench in runnable().values():
         if bench.name == "mme":
             assert "MME/llava_mme.jsonl" in out and "MME_ZIP" in out  # release given out on request
             continue
-        for rel in (bench.question_file, *bench.extra_files):
+        for rel in (bench.question_file, *bench.files.values()):
             assert os.path.join(root, rel) in out, rel
     assert not os.path.exists(root)
 

@@ -8,15 +8,12 @@ import json
 import pytest
 
 from eval_mllm.errors import EvalInputError
-from eval_mllm.questions import (
-    MC_INSTRUCTION,
-    get_chunk,
-    load_image,
-    read_questions,
-    split_list,
-)
+from eval_mllm.questions import get_chunk, load_image, read_questions, split_list
 
 from .conftest import image_b64, make_image, write_jsonl
+
+# LLaVA's model_vqa_science.py / model_vqa_mmbench.py, written out (not read from eval_mllm)
+MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
 
 def test_llava_jsonl(tmp_path):

@@ -267,3 +267,45 @@ def test_run_missing_image_fails_before_loading_the_model(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "llava_pope_test.jsonl: line 3: image not found" in err
     assert not os.path.exists(tmp_path / "out" / "answers" / "pope.jsonl")
+
+
+def test_run_keyword_api_with_files_elsewhere(tiny_llava, tmp_path):
+    """`eval_mllm.run(...)` in this process on files that are not in the --data-root layout (named
+    per benchmark with `files=`): the same answers and scores as the command on the layout."""
+    import shutil
+
+    import eval_mllm
+
+    data = make_data_root(str(tmp_path / "data"))
+    options = {"max_new_tokens": 3, "min_new_tokens": 1, "device": "cpu", "batch_size": 3, "progress": False}
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(os.path.join(data, "pope"), elsewhere)
+    files = {"pope": {"question_file": str(elsewhere / "llava_pope_test.jsonl"),
+                      "image_folder": str(elsewhere / "val2014"), "annotation_dir": str(elsewhere / "coco")}}
+    ours = eval_mllm.run(model=tiny_llava, benchmarks=["pope"], out=str(tmp_path / "api"), files=files, **options)
+    assert ours["benchmarks"]["pope"]["question_file"] == files["pope"]["question_file"]
+    assert ours["benchmarks"]["pope"]["generation"]["n_generated"] == 6
+    assert main(["run", "--model", tiny_llava, "--benchmarks", "pope", "--data-root", data, "--out",
+                 str(tmp_path / "cli"), "--max-new-tokens", "3", "--min-new-tokens", "1", "--device", "cpu",
+                 "--batch-size", "3", "--no-progress"]) == 0
+    cli = json.loads(read(os.path.join(tmp_path, "cli", "results.json")))["benchmarks"]["pope"]
+    assert [json.loads(line)["text"] for line in read(cli["answers_file"]).splitlines()] == \
+        [json.loads(line)["text"] for line in read(ours["benchmarks"]["pope"]["answers_file"]).splitlines()]
+    assert ours["benchmarks"]["pope"]["metrics"] == cli["metrics"]
+    # and `eval_mllm.score` on the same files gives the same metrics
+    assert eval_mllm.score("pope", result_file=ours["benchmarks"]["pope"]["answers_file"],
+                           **{k: v for k, v in files["pope"].items() if k != "image_folder"}) == cli["metrics"]
+
+
+def test_run_keyword_api_bad_files_fail_before_the_model(tmp_path):
+    import eval_mllm
+    from eval_mllm.errors import EvalInputError
+
+    data = make_data_root(str(tmp_path / "data"))
+    no_model = str(tmp_path / "no-model-here")
+    with pytest.raises(EvalInputError, match="files: \\['gqa'\\] not among the benchmarks run"):
+        eval_mllm.run(model=no_model, benchmarks="pope", out=str(tmp_path / "o"), data_root=data,
+                      files={"gqa": {"question_file": "q"}})
+    with pytest.raises(EvalInputError, match="pope: unknown file\\(s\\) \\['labels'\\]"):
+        eval_mllm.run(model=no_model, benchmarks="pope", out=str(tmp_path / "o"),
+                      data_root=data, files={"pope": {"labels": "x"}})
