@@ -15,8 +15,8 @@ import inspect
 import os
 import sys
 
-from .errors import DEBUG_ENV, pop_debug_flag, run_command
 from .benchmarks import REGISTRY
+from .errors import DEBUG_ENV, pop_debug_flag, run_command
 from .scorers.common import ScorerInputError, check_output_path, emit
 
 
