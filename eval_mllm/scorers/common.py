@@ -161,14 +161,16 @@ def read_jsonl(path, fields=None, allow_truncated=True, check=None):
         except RecursionError:
             raise ScorerInputError(f"{path}: line {lineno}: JSON nested too deeply to read") from None
         except json.JSONDecodeError:
-            if allow_truncated and pos == len(numbered) - 1 and line.lstrip().startswith("{"):
+            is_last = pos == len(numbered) - 1
+            if allow_truncated and is_last and line.lstrip().startswith("{"):
                 n_truncated += 1
                 warnings.append(f"{path}: line {lineno}: last line is not valid JSON "
                                 "(truncated write?); ignored")
                 continue
             raise ScorerInputError(
                 f"{path}: line {lineno}: not valid JSON"
-                + (" (only a truncated last line is tolerated)" if allow_truncated else "")
+                + ("" if not allow_truncated else " nor an answer line cut mid-write" if is_last
+                   else " (only a truncated last line is tolerated)")
             ) from None
         check_fields(record, fields or {}, path, f"line {lineno}")
         if check is not None:
