@@ -1,4 +1,4 @@
-"""The encoder's own sub-commands: upcycle, convert-official, info."""
+"""The encoder's own sub-commands: upcycle, convert-official, info, extract-expert."""
 
 from __future__ import annotations
 
@@ -63,6 +63,16 @@ def register(sub) -> None:
     p.add_argument("dir")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser("extract-expert", help="expert J of a CLIP-MoE as a dense transformers CLIP (evaluate it alone)",
+                       description="Write a dense CLIPModel (or CLIPVisionModel for a vision-only CLIP-MoE) whose FFN in "
+                                   "every MoE block is expert J; dense blocks, attention and projections are copied. It "
+                                   "loads with transformers alone: `clipmoe eval ... --model OUT` scores expert J.")
+    p.add_argument("dir", help="a saved CLIP-MoE directory")
+    p.add_argument("expert", type=int, metavar="J", help="expert index, 0 .. num_experts-1")
+    p.add_argument("out", help="output directory (config.json + model.safetensors + DIR's tokenizer / processor files)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT (default: refuse)")
+    p.set_defaults(func=_extract_expert)
 
 
 def _tower_sizes(dense) -> dict:
@@ -155,6 +165,14 @@ def _convert_official(args) -> int:
         model.save_pretrained(tmp)
     print(f"wrote {args.dst} (the release uses OpenAI's tokenizer with 248 positions and OpenAI CLIP preprocessing)")
     return _info_of(args.dst)
+
+
+def _extract_expert(args) -> int:
+    from .expert_extraction import extract_expert_directory
+
+    dense = extract_expert_directory(args.dir, args.expert, args.out, args.overwrite)
+    print(f"wrote {args.out}: expert {args.expert} of {args.dir} as a dense {type(dense).__name__}")
+    return 0
 
 
 def _copy_processor_files(src, dst) -> None:
