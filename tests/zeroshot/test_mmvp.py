@@ -200,7 +200,7 @@ def test_eval_mmvp_clipmoe_and_text_report(hf_clip, designed_mmvp, tmp_path, cap
     data.mkdir()
     assert main(["eval", "mmvp", "--model", str(moe_dir), "--data", str(data)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "clipmoe eval: error:" in err and "Questions.csv: missing" in err
+    assert err.count("\n") == 1 and err.startswith("clipmoe eval mmvp: error:") and "Questions.csv: missing" in err
 
 
 def _expected(pairs, hits):
