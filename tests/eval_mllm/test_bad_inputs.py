@@ -234,6 +234,8 @@ CASES = [
                                                ["q.json", "line 2", "not valid JSON"], [])),
     ("generate-answers-file-is-directory", lambda f: (f.generate(a=f.folder("answers")),
                                                       ["--answers-file", "answers", "directory"], [])),
+    ("generate-answers-file-unwritable", lambda f: (f.generate(a="/proc/answers.jsonl"),
+                                                   ["--answers-file", "/proc/answers.jsonl"], [])),
     ("generate-answers-file-not-answers", lambda f: (f.generate(a=f.text("a.jsonl", "my notes\nmore notes\n")),
                                                      ["--answers-file", "a.jsonl", "--overwrite"], ["a.jsonl"])),
     # one line of text is no cut answer line: resuming would have cut it off the file
@@ -333,3 +335,23 @@ def test_entry_points_share_the_error_path(command, tmp_path):
                                check=False)
         assert shown.returncode != 0 and "Traceback" in shown.stderr
         assert "ScorerInputError" in shown.stderr and "line 2" in shown.stderr
+
+
+def test_run_command_reports_user_errors_only(capsys, monkeypatch):
+    """A file the system refuses is the user's to fix (one line naming it); a bug keeps its
+    traceback; --debug / EVAL_MLLM_DEBUG re-raise the user error too."""
+    from eval_mllm.errors import run_command
+
+    def refused():
+        raise PermissionError(13, "Permission denied", "/data/answers.jsonl")
+
+    monkeypatch.delenv("EVAL_MLLM_DEBUG", raising=False)
+    assert run_command(refused) == 2
+    assert capsys.readouterr().err == "error: [Errno 13] Permission denied: '/data/answers.jsonl'\n"
+    with pytest.raises(PermissionError):
+        run_command(refused, debug=True)
+    monkeypatch.setenv("EVAL_MLLM_DEBUG", "1")
+    with pytest.raises(PermissionError):
+        run_command(refused)
+    with pytest.raises(ZeroDivisionError):
+        run_command(lambda: 1 / 0)
