@@ -41,12 +41,9 @@ def _looks_local(name: str) -> bool:
 
 def check_vision_tower(name: str) -> None:
     """A CLIP-MoE tower name must resolve to a checkpoint whose config and weights agree (a hub id
-    is checked when it is downloaded); any other name must be one LLaVA's builder takes."""
-    import torch
-
-    from clipmoe_encoder.checkpoint_io import check_weight_shapes
-    from clipmoe_encoder.modeling import CLIPMoEVisionModel
-    from clipmoe_encoder.tower import is_clipmoe_tower_name, load_vision_config, resolve_tower_source
+    is checked when it is downloaded); any other name must be one LLaVA's builder takes. The error
+    says where the checkpoint came from ($CLIPMOE_VISION_TOWER or --vision_tower)."""
+    from clipmoe_encoder.tower import DEFAULT_TOWER_ENV, is_clipmoe_tower_name, resolve_tower_source
 
     from .builder import is_llava_tower_name, unknown_tower_error
 
@@ -57,9 +54,31 @@ def check_vision_tower(name: str) -> None:
     source = resolve_tower_source(name)
     if not _looks_local(source):
         return
-    config = load_vision_config(source)  # a missing directory, another model type, a config that is not JSON
+    origin = f"${DEFAULT_TOWER_ENV}={source}" if name == "clipmoe" else f"--vision_tower {name}"
+    try:
+        check_tower_directory(source)
+    except CLIPMoEError as err:
+        raise CLIPMoEError(f"{origin}: {err}") from None
+
+
+def check_tower_directory(path: str) -> None:
+    """A local CLIP-MoE checkpoint: config.json readable and of a CLIP-MoE type, its fields valid,
+    its weights' shapes those of the config (read from the safetensors headers only)."""
+    import torch
+
+    from clipmoe_encoder.checkpoint_io import check_moe_directory, check_weight_shapes
+    from clipmoe_encoder.modeling import CLIPMoEVisionModel
+    from clipmoe_encoder.tower import load_vision_config
+
+    check_moe_directory(path)  # a missing directory or config.json, a config that is not JSON, another model type
+    config_path = os.path.join(path, "config.json")
+    try:
+        config = load_vision_config(path)
+    except (ValueError, TypeError) as err:  # CLIPMoEError is a ValueError; transformers raises these for bad fields
+        message = str(err)
+        raise CLIPMoEError(message if config_path in message else f"{config_path}: {message}") from None
     with torch.device("meta"):
-        check_weight_shapes(source, CLIPMoEVisionModel(config))
+        check_weight_shapes(path, CLIPMoEVisionModel(config))
 
 
 def _check_file(flag: str, path: str) -> None:

@@ -11,23 +11,34 @@
 #   REPORT_TO     --report_to (default none)
 # Each script sets its stage (MODEL, DATA_PATH, ..., GLOBAL_BATCH, PER_DEVICE_BATCH, EPOCHS, SAVE)
 # and calls llava_train with its stage flags.
+# A bad setting or argument stops the script with one `error:` line and exit code 2 before the
+# launcher starts (the arguments are checked by `python -m llava_integration.checks`).
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+die() {  # one error line, exit 2
+    echo "error: $*" >&2
+    exit 2
+}
+
 PYTHON=${PYTHON:-python}
+command -v "$PYTHON" >/dev/null || die "PYTHON=$PYTHON: no such interpreter (set PYTHON to the environment's python)"
 DEEPSPEED=${DEEPSPEED:-$(dirname "$(command -v "$PYTHON")")/deepspeed}
 [ -x "$DEEPSPEED" ] || DEEPSPEED=deepspeed
+command -v "$DEEPSPEED" >/dev/null || die "DEEPSPEED=$DEEPSPEED: the DeepSpeed launcher is not installed (pip install deepspeed)"
 TINY=${CLIPMOE_LLAVA_TINY:-0}
 NUM_GPUS=${NUM_GPUS:-8}
 MASTER_PORT=${MASTER_PORT:-29500}
 HOSTFILE=${HOSTFILE:-}
+[[ "$NUM_GPUS" =~ ^[1-9][0-9]*$ ]] || die "NUM_GPUS=$NUM_GPUS: expected a positive whole number of GPUs per node"
+[[ "$MASTER_PORT" =~ ^[0-9]+$ ]] || die "MASTER_PORT=$MASTER_PORT: expected a port number"
 
 if [ "$TINY" = "1" ]; then
     TINY_ROOT=${TINY_ROOT:-${TMPDIR:-/tmp}/clipmoe-tiny-llava}
     # A caller that brings its own LLM and data (TINY_MODEL + TINY_DATA_PATH) needs no tiny world.
     if { [ -z "${TINY_MODEL:-}" ] || [ -z "${TINY_DATA_PATH:-}" ]; } && [ ! -f "$TINY_ROOT/finetune.json" ]; then
-        echo "error: CLIPMOE_LLAVA_TINY=1: TINY_ROOT=$TINY_ROOT holds no tiny LLaVA world (finetune.json);" \
-             "build one with 'python -m clipmoe_demo.tiny_llava $TINY_ROOT', or set TINY_MODEL and TINY_DATA_PATH" >&2
-        exit 2
+        die "CLIPMOE_LLAVA_TINY=1: TINY_ROOT=$TINY_ROOT holds no tiny LLaVA world (finetune.json);" \
+            "build one with 'python -m clipmoe_demo.tiny_llava $TINY_ROOT', or set TINY_MODEL and TINY_DATA_PATH"
     fi
     export CLIPMOE_VISION_TOWER=${CLIPMOE_VISION_TOWER:-$TINY_ROOT/clipmoe-tower}
     export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
@@ -45,7 +56,9 @@ fi
 
 # Number of ranks: the hostfile's slots, else NUM_GPUS on this node.
 if [ -n "$HOSTFILE" ]; then
-    WORLD_SIZE=$(awk '!/^#/ && NF { for (i = 2; i <= NF; i++) if ($i ~ /^slots=/) { split($i, s, "="); n += s[2] } } END { print n }' "$HOSTFILE")
+    [ -f "$HOSTFILE" ] || die "HOSTFILE=$HOSTFILE: no such file (one 'host slots=N' line per node)"
+    WORLD_SIZE=$(awk '!/^#/ && NF { for (i = 2; i <= NF; i++) if ($i ~ /^slots=/) { split($i, s, "="); n += s[2] } } END { print n + 0 }' "$HOSTFILE")
+    (( WORLD_SIZE > 0 )) || die "HOSTFILE=$HOSTFILE: no 'host slots=N' line"
     LAUNCH=("$DEEPSPEED" --hostfile "$HOSTFILE" --master_port "$MASTER_PORT")
 else
     WORLD_SIZE=$NUM_GPUS
@@ -55,8 +68,9 @@ fi
 # gradient accumulation that keeps the published global batch: global = per_device * ranks * accumulation
 accumulation() {  # global per_device
     local per_rank=$(( $2 * WORLD_SIZE ))
+    [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "PER_DEVICE_BATCH=$2: expected a positive whole number"
     if (( $1 % per_rank )); then
-        echo "global batch $1 is not a multiple of per-device batch $2 x $WORLD_SIZE ranks" >&2; exit 2
+        die "global batch $1 is not a multiple of per-device batch $2 x $WORLD_SIZE ranks (set PER_DEVICE_BATCH)"
     fi
     echo $(( $1 / per_rank ))
 }
@@ -76,6 +90,8 @@ PY
 # arguments (stage flags, then the user's extras), so that for a repeated flag the caller's wins.
 # Reads DATA_PATH, GLOBAL_BATCH, PER_DEVICE_BATCH, EPOCHS and SAVE from the calling script.
 llava_train() {
+    # The caller's arguments name every file and the tower: checked before anything reads them.
+    "$PYTHON" -m llava_integration.checks "$@"
     # Plain assignments, not $(...) inside the argument list below: there a failure (accumulation
     # exits 2 on a bad batch split) would be ignored even with set -e and training would start.
     local accum warmup
