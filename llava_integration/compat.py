@@ -9,8 +9,8 @@ and the trainer. Nothing here changes torch, and nothing changes transformers fo
   is mapped back: dropping it would silently decode without a KV cache (wrong tokens).
 * training: `ALL_LAYERNORM_LAYERS` left `transformers.trainer` in 4.53 (lent for LLaVA's import
   only); the trainer signature changes are handled by `llava_integration.trainer.CLIPMoELLaVATrainer`.
-* DeepSpeed: old transformers fill ZeRO-3 "auto" bucket sizes with floats that new DeepSpeed refuses
-  (fixed on the one config object of a run).
+* DeepSpeed: old transformers fill ZeRO-3's "auto" prefetch bucket size with a float that new
+  DeepSpeed refuses (filled as an int first, in the run's own config).
 * CPU: LLaVA's DeepSpeed save calls `torch.cuda.synchronize()`, which fails without CUDA (LLaVA's
   save function is wrapped; torch is left alone).
 """
@@ -94,24 +94,16 @@ def save_without_cuda_sync(save):
     return safe_save_model_for_hf_trainer
 
 
-def round_zero3_auto_sizes(hf_deepspeed_config) -> None:
+PREFETCH_BUCKET = "zero_optimization.stage3_prefetch_bucket_size"
+
+
+def fill_zero3_prefetch_bucket(hf_deepspeed_config, model) -> None:
     """transformers <= 4.4x fills ZeRO-3's "auto" stage3_prefetch_bucket_size with 0.9 * hidden**2, a
-    float; DeepSpeed >= 0.15 validates it as an int and refuses the config. Round the sizes after
-    transformers fills them, on this config object only."""
-    finalize = hf_deepspeed_config.trainer_config_finalize
-    if getattr(finalize, "_clipmoe", False):
-        return
-
-    @functools.wraps(finalize)
-    def trainer_config_finalize(*args, **kwargs):
-        finalize(*args, **kwargs)
-        zero = hf_deepspeed_config.config.get("zero_optimization", {})
-        for key in ("stage3_prefetch_bucket_size", "stage3_param_persistence_threshold", "reduce_bucket_size"):
-            if isinstance(zero.get(key), float):
-                zero[key] = int(zero[key])
-
-    trainer_config_finalize._clipmoe = True
-    hf_deepspeed_config.trainer_config_finalize = trainer_config_finalize
+    float, which DeepSpeed >= 0.15 refuses (it validates an int). Fill it first, with the same
+    value as an int, on this run's config only (transformers leaves a filled value alone)."""
+    hidden = getattr(model.config, "hidden_size", None)
+    if hidden and hf_deepspeed_config.is_zero3() and hf_deepspeed_config.is_auto(PREFETCH_BUCKET):
+        hf_deepspeed_config.fill_only(PREFETCH_BUCKET, int(0.9 * hidden * hidden))
 
 
 def apply() -> None:

@@ -5,7 +5,8 @@
   own learning rate (`--mm_vision_moe_lr`), declared ZeRO-3 leaf modules, and saved with the
   projector in stage 1 (LLaVA's projector-only save would drop them).
 * saving: views of one ZeRO-3 buffer are copied apart, else safetensors drops all but one.
-* DeepSpeed: ZeRO-3 "auto" sizes that old transformers fill as floats are rounded (this run's config).
+* DeepSpeed: ZeRO-3's "auto" prefetch bucket size, which old transformers fill as a float, is
+  filled as an int (this run's config).
 * transformers >= 4.46/5.0: `tokenizer=` became `processing_class=`; 4.47 dropped `metrics` from
   `_save_checkpoint`; 4.52 passes the dataset to `_get_train_sampler` (LLaVA's takes none).
 """
@@ -45,7 +46,7 @@ class CLIPMoELLaVATrainer(LLaVATrainer):
             kwargs["tokenizer" if "tokenizer" in _TRAINER_PARAMS else "processing_class"] = tokenizer
         super().__init__(*args, **kwargs)
         for config in self._deepspeed_configs():
-            compat.round_zero3_auto_sizes(config)
+            compat.fill_zero3_prefetch_bucket(config, self.model)
         self._prepare_tower()
 
     def _deepspeed_configs(self):

@@ -94,7 +94,7 @@ def test_llava15_loss_is_lm_loss_plus_coef_times_layer_losses(world):
 
     model, tokenizer = tiny.build_llava(world, mm_vision_moe_tune="routers", mm_vision_moe_aux_loss_coef=COEF)
     tower = model.get_vision_tower()
-    assert tower.config.router_aux_loss_coef == COEF
+    assert tower.config.router_aux_loss_coef == COEF and tower.config.router_aux_loss_count == "top1"
     ids = prompt_ids(tokenizer)
     labels = ids.clone()
     labels[labels < 0] = -100
@@ -114,6 +114,7 @@ def test_hf_llava_loss_is_lm_loss_plus_coef_times_layer_losses(world):
     model, processor = _hf_world(world)
     vision = moe_vision_models(model)[0]
     vision.config.router_aux_loss_coef = COEF
+    vision.config.router_aux_loss_count = "top_k"  # the official count (LLaVA-1.5's test above: the default, top1)
     vision.requires_grad_(False)
     for name, p in vision.named_parameters():
         p.requires_grad_(".router." in name)

@@ -60,7 +60,10 @@ def changes(before, after):
     return sorted(found)
 
 
+# What llava_integration imports from the libraries, imported first: only our code is measured
+# (transformers 4.37 even re-creates its top module when processing_utils is first imported).
 import torch, transformers, transformers.trainer, transformers.integrations.deepspeed  # noqa: E401
+from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor  # noqa: F401
 import llava.model.builder, llava.model.llava_arch, llava.model.multimodal_encoder.builder  # noqa: E401
 from llava.model.language_model import llava_llama, llava_mistral  # noqa: F401
 import clipmoe_encoder  # registers CLIP-MoE with AutoConfig/AutoModel (their extension point, not a patch)
