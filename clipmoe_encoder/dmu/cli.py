@@ -1,6 +1,7 @@
 """`clipmoe dmu ...`: run (the DMU pipeline), baseline (direct-ft / upcycling), train (one
 contrastive run), routing (statistics of a CLIP-MoE), table (DMU + both baselines + held-out
-retrieval in one comparison table). Every DMUSettings field is a flag (--lr-router, --no-restart-from-base, ...)."""
+retrieval in one comparison table). Every DMUSettings field is a flag of run / baseline / table
+(--lr-router, --no-restart-from-base, ...), every StageSpec field one of train (--trainable, --batch-size, ...)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,11 @@ def _optional(kind):
     return parse
 
 
-def _add_settings_flags(parser):
-    from .settings import DMUSettings
-
-    hints = typing.get_type_hints(DMUSettings)
-    group = parser.add_argument_group("DMU settings (defaults = the paper's)")
-    for field in dataclasses.fields(DMUSettings):
+def _add_settings_flags(parser, cls, title):
+    """One flag per field of a settings dataclass (DMUSettings, StageSpec), with its help and choices."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(title)
+    for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
         hint, default = hints[field.name], field.default
         help = f"{field.metadata['help']} (default: %(default)s)"
@@ -38,10 +38,14 @@ def _add_settings_flags(parser):
         group.add_argument(flag, type=parse, default=default, choices=field.metadata["choices"], help=help)
 
 
+def _from_flags(cls, args):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
 def _settings(args):
     from .settings import DMUSettings
 
-    return DMUSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DMUSettings)})
+    return _from_flags(DMUSettings, args)
 
 
 def _common(parser, out_help="run folder (rerun the same command to resume)"):
@@ -54,7 +58,9 @@ def _common(parser, out_help="run folder (rerun the same command to resume)"):
                              "without it a rerun resumes, and one whose settings, base or data changed is refused")
     parser.add_argument("--overwrite", action="store_true",
                         help="use a non-empty --out that holds no run of this command (default: refuse)")
-    _add_settings_flags(parser)
+    from .settings import DMUSettings
+
+    _add_settings_flags(parser, DMUSettings, "DMU settings (defaults = the paper's)")
 
 
 def register(subparsers) -> None:
@@ -82,19 +88,12 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--image-root", default=None)
     p.add_argument("--out", required=True)
-    p.add_argument("--trainable", default="all", choices=("all", "ffn", "router", "router+experts"))
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=32, help="global batch")
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--lr-router", type=_optional(float), default=None)
-    p.add_argument("--weight-decay", type=float, default=0.2)
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--logit-scale", type=_optional(float), default=100.0, help="frozen multiplier, or 'none' to train the model's")
-    p.add_argument("--save-every", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--mixed-precision", default="auto")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty <out>/train that holds no training run (default: refuse)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty <out>/<stage-name> that holds no training run (default: refuse)")
+    from .settings import StageSpec
+
+    _add_settings_flags(p, StageSpec, "stage settings (the model lands in <out>/<stage-name>/model)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("prepare-base", help="save a dense CLIP (hub id or dir) with tokenizer + processor, optionally 248 text positions")
@@ -131,16 +130,15 @@ def cmd_baseline(args) -> int:
 def cmd_train(args) -> int:
     from ..outputs import check_output_dir
     from .data import load_records
+    from .settings import StageSpec
     from .trainer import train_contrastive
 
-    # before the model is loaded: where it writes, and the data (read again by the trainer)
-    check_output_dir(os.path.join(args.out, "train"), "--out", args.overwrite, resumable=_is_training_run)
-    load_records(args.data, args.image_root, skip_bad=args.skip_bad)
+    # before the model is loaded: the settings, where it writes, and the data (read again by the trainer)
+    spec = _from_flags(StageSpec, args).validate()
+    check_output_dir(os.path.join(args.out, spec.stage_name), "--out", args.overwrite, resumable=_is_training_run)
+    load_records(args.data, args.image_root, skip_bad=spec.skip_bad)
 
-    print(train_contrastive(args.model, args.data, args.out, trainable=args.trainable, epochs=args.epochs, batch_size=args.batch_size,
-                            lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, logit_scale=args.logit_scale,
-                            image_root=args.image_root, seed=args.seed, save_every=args.save_every, skip_bad=args.skip_bad,
-                            mixed_precision=args.mixed_precision, lr_router=args.lr_router))
+    print(train_contrastive(args.model, args.data, args.out, spec, image_root=args.image_root, mixed_precision=args.mixed_precision))
     return 0
 
 

@@ -12,8 +12,8 @@ from ..checkpoint_io import read_config_json, require_path
 from ..errors import CLIPMoEError
 from ..modeling import CLIPMoEModel
 from ..moe import named_expert_parameters, named_router_parameters
+from .settings import TRAINABLE_CHOICES
 
-TRAINABLE_CHOICES = ("all", "ffn", "router", "router+experts")
 
 
 def load_model(path):

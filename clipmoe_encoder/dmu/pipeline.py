@@ -44,8 +44,8 @@ from .models import (
 )
 from .report import write_report
 from .routing import collect_routing
-from .settings import DMUSettings
-from .trainer import StageSpec, finish_stage, read_done, train_stage, write_done
+from .settings import DMUSettings, StageSpec
+from .trainer import finish_stage, read_done, train_stage, write_done
 
 BASELINES = ("direct-ft", "upcycling")
 
@@ -99,21 +99,23 @@ def _prepare(base_dir, data_path, out_dir, settings, image_root, extra, restart=
     return accelerator, out_dir, base, tokenizer, processor, dataset, data_report
 
 
+def _stage_spec(settings, **stage):
+    """A stage's StageSpec: what every stage takes from the settings, plus the stage's own fields."""
+    common = dict(batch_size=settings.batch_size, lr=settings.lr_mcl, weight_decay=settings.wd_mcl, warmup_steps=settings.warmup_steps,
+                  label_smoothing=settings.label_smoothing, logit_scale=settings.logit_scale, save_every=settings.save_every,
+                  log_every=settings.log_every, num_workers=settings.num_workers, grad_checkpointing=settings.grad_checkpointing,
+                  max_grad_norm=settings.max_grad_norm, skip_bad=settings.skip_bad)
+    return StageSpec(**dict(common, **stage)).validate()
+
+
 def _mcl_spec(settings, stage):
-    return StageSpec(name=f"mcl{stage}", trainable="ffn", towers=settings.mcl_towers, last_k_blocks=settings.last_k_blocks,
-                     epochs=settings.mcl_epochs, global_batch=settings.batch_size, lr=settings.lr_mcl, weight_decay=settings.wd_mcl,
-                     warmup_steps=settings.warmup_steps, label_smoothing=settings.label_smoothing, logit_scale=settings.logit_scale,
-                     save_every=settings.save_every, seed=settings.seed + stage, num_workers=settings.num_workers,
-                     grad_checkpointing=settings.grad_checkpointing, small_clusters=settings.small_clusters,
-                     max_grad_norm=settings.max_grad_norm, skip_bad=settings.skip_bad)
+    return _stage_spec(settings, stage_name=f"mcl{stage}", trainable="ffn", towers=settings.mcl_towers, last_k_blocks=settings.last_k_blocks,
+                       epochs=settings.mcl_epochs, seed=settings.seed + stage, small_clusters=settings.small_clusters)
 
 
 def _moe_spec(settings, name, trains, epochs, seed):
-    return StageSpec(name=name, trainable=trains, towers="both", last_k_blocks=None, epochs=epochs, global_batch=settings.batch_size,
-                     lr=settings.lr_mcl, weight_decay=settings.wd_mcl, lr_router=settings.lr_router, wd_router=settings.wd_router,
-                     warmup_steps=settings.warmup_steps, label_smoothing=settings.label_smoothing, logit_scale=settings.logit_scale,
-                     aux_loss=True, save_every=settings.save_every, seed=seed, num_workers=settings.num_workers,
-                     grad_checkpointing=settings.grad_checkpointing, max_grad_norm=settings.max_grad_norm, skip_bad=settings.skip_bad)
+    return _stage_spec(settings, stage_name=name, trainable=trains, epochs=epochs, seed=seed, lr_router=settings.lr_router,
+                       wd_router=settings.wd_router, aux_loss=True)
 
 
 def _moe_layout(settings, base):
@@ -269,7 +271,7 @@ def run_baseline(kind: str, base_dir, data_path, out_dir, settings: DMUSettings 
         torch.manual_seed(settings.seed)
         if kind == "direct-ft":
             model = base
-            spec = dataclasses.replace(_mcl_spec(settings, 0), name=kind, trainable=settings.direct_ft_trainable, towers="both",
+            spec = dataclasses.replace(_mcl_spec(settings, 0), stage_name=kind, trainable=settings.direct_ft_trainable, towers="both",
                                        last_k_blocks=None, epochs=epochs, seed=settings.seed)
         else:
             vision_layers, text_layers = _moe_layout(dataclasses.replace(settings, mcl_towers="both"), base)

@@ -8,24 +8,21 @@ import torch
 
 class RoutingAccumulator:
     """Counts, per tower and MoE layer, how often each expert is the 1st / 2nd choice, its share of
-    all top-k assignments (load), and the mean router entropy. Text padding is excluded."""
+    all top-k assignments (load), and the mean router entropy, from the model's routing statistics
+    (text padding excluded there)."""
 
     def __init__(self, num_experts: int, top_k: int):
         self.E, self.k = num_experts, top_k
         self.data = {}
 
-    def add(self, tower: str, router_logits, token_mask=None):
-        for layer, logits in enumerate(router_logits):
-            probs = torch.softmax(logits.detach().float(), dim=-1)
-            if token_mask is not None:
-                probs = probs[token_mask.reshape(-1).bool()]
-            ranked = probs.topk(self.k, dim=-1).indices
+    def add(self, tower: str, routing_stats):
+        """Add one batch: the tower's per-layer RoutingStats (the model's output, padding excluded)."""
+        for layer, stats in enumerate(routing_stats):
             slot = self.data.setdefault(tower, {}).setdefault(layer, {
                 "choice": np.zeros((self.k, self.E)), "entropy": 0.0, "tokens": 0})
-            for j in range(self.k):
-                slot["choice"][j] += np.bincount(ranked[:, j].cpu().numpy(), minlength=self.E)
-            slot["entropy"] += float(-(probs * probs.clamp_min(1e-12).log()).sum())
-            slot["tokens"] += probs.shape[0]
+            slot["choice"] += stats.choices.cpu().numpy()
+            slot["entropy"] += float(stats.entropy_sums)
+            slot["tokens"] += int(stats.tokens)
 
     def result(self, layer_indices: dict) -> dict:
         out = {"num_experts": self.E, "top_k": self.k}
@@ -59,8 +56,8 @@ def collect_routing(model, dataset, max_samples: int = 256, batch_size: int = 32
         batch = {k: v[keep] for k, v in batch.items()}
         out = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"],
                     output_router_logits=True)
-        acc.add("vision", out.vision_model_output.router_logits)
-        acc.add("text", out.text_model_output.router_logits, batch["attention_mask"])
+        acc.add("vision", out.vision_model_output.routing_stats)
+        acc.add("text", out.text_model_output.routing_stats)
     layers = {"vision": cfg.vision_config.moe_layer_indices, "text": cfg.text_config.moe_layer_indices}
     result = acc.result(layers)
     result["samples"] = n

@@ -1,5 +1,6 @@
-"""DMU settings: every knob of the pipeline, one dataclass. Torch-free, so that `clipmoe dmu --help`
-builds its flags from it without importing torch, sklearn or accelerate."""
+"""DMU settings: every knob of the pipeline (DMUSettings) and of one training stage (StageSpec), as
+dataclasses. Torch-free, so that `clipmoe dmu --help` builds its flags from them without importing
+torch, sklearn or accelerate."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ from ..errors import CLIPMoEError
 def _knob(default, help: str, choices: tuple | None = None):
     """A setting with the help text (and allowed values) that `clipmoe dmu run --help` shows."""
     return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _choice_checks(settings):
+    """(ok, message) for every field that declares its allowed values."""
+    return [(getattr(settings, f.name) in f.metadata["choices"], f"{f.name} must be one of {', '.join(f.metadata['choices'])}")
+            for f in fields(settings) if f.metadata["choices"]]
 
 
 @dataclass
@@ -46,6 +53,7 @@ class DMUSettings:
     restart_from_base: bool = _knob(True, "each MCL stage starts from the base (official); --no-restart-from-base "
                                     "continues from the previous stage")
     save_every: int = _knob(500, "steps between resumable checkpoints")
+    log_every: int = _knob(10, "per-layer routing load and entropy in the stage logs at step 1 and every N steps")
     seed: int = _knob(0, "seed of clustering, batch order and router initialisation")
     num_workers: int = _knob(0, "data-loader worker processes per GPU")
     grad_checkpointing: bool = _knob(False, "recompute activations in the backward pass (less activation memory, more compute)")
@@ -102,4 +110,54 @@ class DMUSettings:
 
 
 # Settings that do not change the result: a rerun may change them freely.
-RESULT_NEUTRAL_SETTINGS = {"save_every", "num_workers", "feature_batch_size", "routing_stats_samples"}
+RESULT_NEUTRAL_SETTINGS = {"save_every", "log_every", "num_workers", "feature_batch_size", "routing_stats_samples"}
+
+
+TRAINABLE_CHOICES = ("all", "ffn", "router", "router+experts")
+
+
+@dataclass
+class StageSpec:
+    """One contrastive training stage: the single source of its settings. The pipeline builds one per
+    stage from DMUSettings, `train_contrastive` takes one, `clipmoe dmu train` has a flag per field.
+    Defaults are those of a standalone `dmu train` run."""
+
+    stage_name: str = _knob("train", "the stage's folder under --out (log.jsonl, checkpoints/, model/)")
+    trainable: str = _knob("all", "what trains: every weight, the FFNs / experts, the routers, or both", TRAINABLE_CHOICES)
+    towers: str = _knob("both", "towers whose FFNs / routers train (trainable other than all)", ("both", "vision"))
+    last_k_blocks: int | None = _knob(None, "FFNs / routers of the last K blocks of each tower only; none = all blocks")
+    epochs: int = _knob(1, "passes over the data")
+    max_steps: int | None = _knob(None, "stop after this many optimizer steps (budget matching); none = the epochs")
+    batch_size: int = _knob(32, "GLOBAL contrastive batch, summed over all GPUs")
+    lr: float = _knob(1e-5, "learning rate")
+    weight_decay: float = _knob(0.2, "weight decay (none on biases, norms and the logit scale)")
+    lr_router: float | None = _knob(None, "learning rate of the routers, in their own group; none = --lr")
+    wd_router: float = _knob(0.01, "weight decay of the routers (with --lr-router)")
+    warmup_steps: int = _knob(0, "linear warm-up steps before the cosine decay")
+    label_smoothing: float = _knob(0.1, "label smoothing of the contrastive cross-entropy")
+    logit_scale: float | None = _knob(100.0, "frozen logit multiplier; none = use and train the model's own")
+    aux_loss: bool = _knob(True, "add a CLIP-MoE's load-balancing (+ z) loss, weighted as its config says")
+    save_every: int = _knob(500, "steps between resumable checkpoints")
+    log_every: int = _knob(10, "per-layer routing load and entropy in the log at step 1 and every N steps")
+    seed: int = _knob(0, "seed of the batch order")
+    num_workers: int = _knob(0, "data-loader worker processes per GPU")
+    grad_checkpointing: bool = _knob(False, "recompute activations in the backward pass (less activation memory, more compute)")
+    small_clusters: str = _knob("drop", "cluster batches (MCL): drop the leftovers of clusters or merge them into mixed batches",
+                                ("drop", "merge"))
+    max_grad_norm: float | None = _knob(None, "gradient clipping norm; none = no clipping")
+    skip_bad: bool = _knob(False, "skip records whose image is missing or unreadable (counted in the log) instead of stopping")
+
+    def validate(self) -> StageSpec:
+        checks = [
+            (self.last_k_blocks is None or self.last_k_blocks >= 1, "last_k_blocks must be positive"),
+            (self.epochs >= 0, "epochs must not be negative"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps must be positive"),
+            (self.batch_size >= 2, "batch_size must be at least 2"),
+            (self.save_every >= 1 and self.log_every >= 1, "save_every and log_every must be positive"),
+            (self.warmup_steps >= 0, "warmup_steps must not be negative"),
+            *_choice_checks(self),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CLIPMoEError(f"stage {self.stage_name}: {message}")
+        return self

@@ -1,6 +1,8 @@
 """The router stage with the default router lr moves the routers and balances the load; the
 official lr (1e-6) leaves them where they started."""
 
+import json
+import math
 import os
 
 import pytest
@@ -15,7 +17,8 @@ from clipmoe_encoder.dmu.models import (
     load_preprocessors,
     set_frozen_logit_scale,
 )
-from clipmoe_encoder.dmu.trainer import StageSpec, global_batch_aux_loss, train_stage
+from clipmoe_encoder.dmu.settings import StageSpec
+from clipmoe_encoder.dmu.trainer import global_batch_aux_loss, train_stage
 
 from .helpers import make_base, make_dataset
 
@@ -52,7 +55,7 @@ def _balance(model, dataset):
     with torch.no_grad():
         out = model(**batch, output_router_logits=True)
     # in one process DMU's global-batch loss is the model's own aux loss
-    aux, lb, _ = global_batch_aux_loss(out, model.config)
+    aux, lb, _, _ = global_batch_aux_loss(out, model.config)
     assert torch.equal(aux, out.aux_loss) and torch.equal(lb, out.load_balancing_loss)
     return out.load_balancing_loss.item()
 
@@ -79,8 +82,8 @@ def _train(setup, lr_router, name):
     base_dir, dataset, root = setup
     model, _ = _moe(base_dir)
     before_routers, before_balance = _routers(model), _balance(model, dataset)
-    spec = StageSpec(name=name, trainable="router", epochs=4, global_batch=4, lr=1e-5, lr_router=lr_router, warmup_steps=2,
-                     aux_loss=True, save_every=1000, seed=0)
+    spec = StageSpec(stage_name=name, trainable="router", epochs=4, batch_size=4, lr=1e-5, lr_router=lr_router, warmup_steps=2,
+                     aux_loss=True, save_every=1000, log_every=5, seed=0)
     torch.manual_seed(0)
     summary = train_stage(make_accelerator("no"), model, dataset, spec, str(root / name))
     # the routers trained at lr_router, not at the main lr (initial_lr: before warmup/cosine scaling)
@@ -97,9 +100,50 @@ def test_default_router_lr_moves_routers_and_balances_load(setup):
     assert summary["trainable_parameters"] == 4 * 32 * 4  # 4 routers (2 per tower) of 4 x 32
     assert change > 0.01, f"routers moved only {change:.2%}"
     assert after < before, f"balance loss {before:.4f} -> {after:.4f}"
+    _, _, root = setup
+    with open(root / "router_default" / "log.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    # 12 steps; routing at step 1, every 5 steps after it, and the last; the balance loss every step
+    assert [r["step"] for r in rows if "per_layer" in r] == [1, 6, 11, 12]
+    assert all("load_balancing_loss" in r and "aux_loss" in r for r in rows) and len(rows) == 12
+    for row in (r for r in rows if "per_layer" in r):
+        for tower in ("vision", "text"):
+            layers = row["per_layer"][tower]
+            assert len(layers["load"]) == 2 and all(sum(load) == pytest.approx(1.0, abs=1e-4) for load in layers["load"])
+            assert all(0 < h <= math.log(4) + 1e-6 for h in layers["entropy"])
+            assert row[f"routing_entropy_{tower}"] == pytest.approx(sum(layers["entropy"]) / 2, abs=1e-5)
     print(f"router relative change {change:.1%}; balance loss {before:.4f} -> {after:.4f}")
 
 
 def test_official_router_lr_leaves_routers_near_init(setup):
     change, _, _, _ = _train(setup, 1e-6, "router_official")
     assert change < 0.01
+
+
+def test_routing_statistics_count_choices_as_a_per_token_loop(setup):
+    from clipmoe_encoder.dmu.routing import collect_routing
+
+    base_dir, dataset, _ = setup
+    model, _ = _moe(base_dir)
+    got = collect_routing(model, dataset, max_samples=12, batch_size=5)
+    batch = {k: torch.stack([dataset[i][k] for i in range(12)]) for k in ("pixel_values", "input_ids", "attention_mask")}
+    with torch.no_grad():
+        out = model(**batch, output_router_logits=True)
+    real = batch["attention_mask"].reshape(-1).bool()
+    for tower, logits_per_layer, keep in (("vision", out.vision_model_output.router_logits, None),
+                                          ("text", out.text_model_output.router_logits, real)):
+        for layer, logits in enumerate(logits_per_layer):
+            rows = logits if keep is None else logits[keep]
+            first, second, entropy = [0] * 4, [0] * 4, 0.0
+            for token in rows:
+                p = torch.softmax(token, -1).tolist()
+                order = sorted(range(4), key=lambda e: -p[e])
+                first[order[0]] += 1
+                second[order[1]] += 1
+                entropy -= sum(v * math.log(v) for v in p)
+            n = rows.shape[0]
+            assert got[tower]["tokens_per_layer"][layer] == n
+            assert got[tower]["first_choice"][layer] == pytest.approx([c / n for c in first])
+            assert got[tower]["second_choice"][layer] == pytest.approx([c / n for c in second])
+            assert got[tower]["load"][layer] == pytest.approx([(a + b) / (2 * n) for a, b in zip(first, second)])
+            assert got[tower]["entropy"][layer] == pytest.approx(entropy / n, rel=1e-5)

@@ -84,7 +84,8 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path, monkeypatch):
 
     from clipmoe_encoder.dmu.data import ImageTextDataset, load_records
     from clipmoe_encoder.dmu.distributed import make_accelerator
-    from clipmoe_encoder.dmu.trainer import StageSpec, train_stage
+    from clipmoe_encoder.dmu.settings import StageSpec
+    from clipmoe_encoder.dmu.trainer import train_stage
 
     # Count checkpointed calls, so the test fails if checkpointing never turns on. transformers
     # binds torch's `checkpoint` at import, so its name is patched as well as torch's.
@@ -102,7 +103,7 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path, monkeypatch):
     dataset = ImageTextDataset(load_records(data)[0], proc, tok, 16)
     results, checkpointed = [], []
     for ckpt in (False, True):
-        spec = StageSpec(name=f"gc{ckpt}", trainable="ffn", epochs=1, global_batch=4, lr=1e-3, warmup_steps=0, grad_checkpointing=ckpt)
+        spec = StageSpec(stage_name=f"gc{ckpt}", trainable="ffn", epochs=1, batch_size=4, lr=1e-3, warmup_steps=0, grad_checkpointing=ckpt)
         calls.clear()
         model = train_stage(make_accelerator("no"), load_model(base), dataset, spec, str(tmp_path / f"gc{ckpt}"))["model"]
         results.append(model.state_dict())
@@ -112,3 +113,42 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path, monkeypatch):
     key = "vision_model.encoder.layers.0.mlp.fc1.weight"
     assert not torch.equal(results[0][key], start[key])
     assert all(torch.allclose(results[0][k], results[1][k], atol=1e-6) for k in start)
+
+
+def test_dmu_train_flags_are_the_stage_spec_fields(capsys):
+    import dataclasses
+
+    from clipmoe_encoder.cli import build_parser
+    from clipmoe_encoder.dmu.cli import _from_flags
+    from clipmoe_encoder.dmu.settings import StageSpec
+
+    required = ["dmu", "train", "--model", "m", "--data", "d", "--out", "o"]
+    parser = build_parser()
+    assert _from_flags(StageSpec, parser.parse_args(required)) == StageSpec()
+    args = parser.parse_args(required + ["--trainable", "router", "--batch-size", "4", "--lr-router", "1e-3", "--log-every", "3",
+                                         "--no-aux-loss", "--logit-scale", "none", "--last-k-blocks", "2", "--stage-name", "r"])
+    spec = _from_flags(StageSpec, args)
+    assert spec == StageSpec(stage_name="r", trainable="router", batch_size=4, lr_router=1e-3, log_every=3, aux_loss=False,
+                             logit_scale=None, last_k_blocks=2)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["dmu", "train", "--help"])
+    help_text = capsys.readouterr().out
+    for field in dataclasses.fields(StageSpec):
+        assert "--" + field.name.replace("_", "-") in help_text
+
+
+@pytest.mark.parametrize("fields,message", [({"trainable": "routers"}, "trainable must be one of"),
+                                            ({"batch_size": 1}, "batch_size must be at least 2"),
+                                            ({"log_every": 0}, "log_every must be positive")])
+def test_a_bad_stage_setting_is_refused_before_anything_loads(tmp_path, fields, message):
+    from clipmoe_encoder.cli import main
+
+    # the model directory does not exist: the setting must be checked first
+    with pytest.raises(CLIPMoEError, match=message):
+        train_contrastive(str(tmp_path / "missing"), str(tmp_path / "missing.json"), str(tmp_path / "out"), **fields)
+    flag, value = next(iter(fields.items()))
+    argv = ["dmu", "train", "--model", str(tmp_path / "missing"), "--data", "d", "--out", str(tmp_path / "out"),
+            "--" + flag.replace("_", "-"), str(value)]
+    assert main(argv) == 2 and not (tmp_path / "out").exists()
+    with pytest.raises(TypeError):
+        train_contrastive(str(tmp_path / "missing"), "d", str(tmp_path / "out"), global_batch=4)  # not a StageSpec field
