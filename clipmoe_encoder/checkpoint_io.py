@@ -133,8 +133,13 @@ def check_weights_match_config(directory: str, config: dict) -> None:
 
 
 def load_pickled_state_dict(path) -> dict:
-    """torch.load with weights_only=True: a pickle that would run code is refused, never executed."""
+    """torch.load with weights_only=True: a pickle that would run code is refused, never executed.
+    A TorchScript archive (openai/CLIP's .pt) is read by torchscript_weights without running its code."""
+    from .torchscript_weights import is_torchscript_archive, read_torchscript_state_dict
+
     path = require_path(path)
+    if is_torchscript_archive(path):  # openai/CLIP's .pt files: weights read, TorchScript code never run
+        return read_torchscript_state_dict(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
