@@ -156,12 +156,12 @@ def test_training_conversations_pass_llava_label_masking(world, tmp_path):
     import contextlib
     import copy
 
-    import llava_integration
-
-    llava_integration.register()
     from llava import conversation
-    from llava.train import train as T
     from transformers import AutoTokenizer
+
+    from llava_integration.train import prepare
+
+    T = prepare()  # LLaVA's training module as the training entry point sets it up
 
     from clipmoe_demo.chain import language_model, llava_runs
 
