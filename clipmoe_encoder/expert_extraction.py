@@ -9,13 +9,10 @@ what the CLIP-MoE computes when every token is routed to expert j with weight 1.
 from __future__ import annotations
 
 import os
-import re
 
 import torch
 
 from .errors import CLIPMoEError
-
-_EXPERT = re.compile(r"^(?P<block>.*\.mlp)\.experts\.(?P<fc>fc1|fc2)_(?P<kind>weight|bias)$")
 
 
 def num_experts_of(config: dict, path: str) -> int:
@@ -36,6 +33,8 @@ def extract_expert(model, expert: int):
     """A transformers CLIPModel / CLIPVisionModel whose MoE FFNs are expert `expert` of `model`
     (a CLIPMoEModel / CLIPMoEVisionModel)."""
     from .modeling import CLIPMoEModel, CLIPMoEVisionModel
+    from .moe import named_router_parameters
+    from .upcycle import stacked_expert_keys
 
     if isinstance(model, CLIPMoEModel):
         dense = _dense_clip(model)
@@ -47,13 +46,14 @@ def extract_expert(model, expert: int):
         raise CLIPMoEError(f"cannot extract an expert from a {type(model).__name__}: expected a CLIP-MoE model")
     check_expert_index(expert, towers[0].num_experts, type(model).__name__)
     target = dense.state_dict()
+    experts = stacked_expert_keys(model)
+    routers = {name for name, _ in named_router_parameters(model)}  # one expert needs no routing
     weights = {}
     for key, value in model.state_dict().items():
-        m = _EXPERT.match(key)
-        if m:
-            key, value = f"{m['block']}.{m['fc']}.{m['kind']}", value[expert]
-        elif ".mlp.router." in key:
-            continue  # one expert needs no routing
+        if key in experts:
+            key, value = experts[key], value[expert]
+        elif key in routers:
+            continue
         if key not in target and key.startswith("vision_model."):
             key = key[len("vision_model."):]  # transformers >= 5.6 flattens CLIPVisionModel
         if key in target:

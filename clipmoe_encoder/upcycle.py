@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import re
 
 import torch
 
@@ -15,7 +14,6 @@ from .errors import CLIPMoEError
 from .modeling import CLIPMoEModel, CLIPMoEVisionModel
 from .moe import StackedExperts, named_router_parameters
 
-_FFN = re.compile(r"^(?P<layer>(?:vision|text)_model\.encoder\.layers\.\d+\.)mlp\.(?P<fc>fc1|fc2)\.(?P<kind>weight|bias)$")
 _DENSE_FIELDS = {
     "vision": ("hidden_size", "intermediate_size", "projection_dim", "num_hidden_layers", "num_attention_heads",
                "num_channels", "image_size", "patch_size", "hidden_act", "layer_norm_eps", "attention_dropout",
@@ -143,12 +141,11 @@ def _two_tower_config(dense, vision_cfg, text_positions, text_moe_settings):
 
 def _moe_state_dict(model, dense, experts_from, text_positions):
     target = model.state_dict()
+    stacked_from = {ffn: stacked for stacked, ffn in stacked_expert_keys(model).items()}
     out = {}
     for key, value in dense.state_dict.items():
-        m = _FFN.match(key)
-        if m and f"{m['layer']}mlp.experts.{m['fc']}_{m['kind']}" in target:
-            stacked = torch.stack([_tensor(d, key) for d in experts_from])
-            out[f"{m['layer']}mlp.experts.{m['fc']}_{m['kind']}"] = stacked
+        if key in stacked_from:
+            out[stacked_from[key]] = torch.stack([_tensor(d, key) for d in experts_from])
             continue
         if isinstance(model, CLIPMoEVisionModel) and not key.startswith("vision_model."):
             continue  # the vision tower alone, out of a two-tower CLIP
@@ -190,7 +187,7 @@ def assemble_experts(checkpoints, top_k: int = 2, moe_layers=None, text_moe_laye
     if len(dense) < 2:
         raise CLIPMoEError("assemble_experts needs at least two dense checkpoints (one per expert)")
     probe = build_model(dense[0], dense, top_k, moe_layers, text_moe_layers, vision_only, text_positions, seed, **moe_kwargs)
-    expert_keys = _expert_source_keys(probe)
+    expert_keys = set(stacked_expert_keys(probe).values())
     base = dense[0]
     for j, other in enumerate(dense[1:], start=1):
         for key, value in base.state_dict.items():
@@ -205,12 +202,15 @@ def assemble_experts(checkpoints, top_k: int = 2, moe_layers=None, text_moe_laye
     return probe
 
 
-def _expert_source_keys(model) -> set[str]:
-    """The dense FFN tensors that became experts: fc1/fc2 of the FFN that holds each StackedExperts."""
-    keys = set()
+def stacked_expert_keys(model) -> dict[str, str]:
+    """State-dict key of every stacked expert tensor -> the dense FFN key whose tensors it stacks
+    (...mlp.experts.fc1_weight -> ...mlp.fc1.weight), found by module type (StackedExperts)."""
+    keys = {}
     for name, module in model.named_modules():
         if isinstance(module, StackedExperts):
-            ffn = name.rsplit(".", 1)[0]
-            keys.update(f"{ffn}.{fc}.{kind}" for fc in ("fc1", "fc2") for kind in ("weight", "bias"))
+            ffn = name.rsplit(".", 1)[0]  # the MoE FFN holding the experts: where the dense fc1/fc2 were
+            for tensor, _ in module.named_parameters(recurse=False):
+                fc, kind = tensor.split("_")
+                keys[f"{name}.{tensor}"] = f"{ffn}.{fc}.{kind}"
     return keys
 
