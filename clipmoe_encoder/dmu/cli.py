@@ -89,8 +89,11 @@ def register(subparsers) -> None:
     p.add_argument("--image-root", default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--mixed-precision", default="auto")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the run already in <out>/<stage-name> and start afresh; without it a rerun resumes, and "
+                        "one whose settings, model or data changed is refused")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a non-empty <out>/<stage-name> that holds no training run (default: refuse)")
+                   help="use a non-empty <out>/<stage-name> that holds no training run (default: refuse)")
     from .settings import StageSpec
 
     _add_settings_flags(p, StageSpec, "stage settings (the model lands in <out>/<stage-name>/model)")
@@ -128,16 +131,24 @@ def cmd_baseline(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from ..checkpoint_io import read_config_json
     from ..outputs import check_output_dir
+    from . import runfolder
     from .data import load_records
     from .settings import StageSpec
     from .trainer import train_contrastive
 
-    # before the model is loaded: the settings, where it writes, and the data (read again by the trainer)
+    # before the model is loaded: the settings, where it writes, the model's config and the data (read again by the trainer)
     spec = _from_flags(StageSpec, args).validate()
-    check_output_dir(os.path.join(args.out, spec.stage_name), "--out", args.overwrite, resumable=_is_training_run)
-    load_records(args.data, args.image_root, skip_bad=spec.skip_bad)
-
+    stage_dir = os.path.join(args.out, spec.stage_name)
+    check_output_dir(stage_dir, "--out", args.overwrite, resumable=_is_training_run)
+    read_config_json(args.model)
+    records, _ = load_records(args.data, args.image_root, skip_bad=spec.skip_bad)
+    saved = runfolder.read_saved(stage_dir) or {}
+    current = dict(dataclasses.asdict(spec), pipeline="train", mixed_precision=args.mixed_precision,
+                   base_fingerprint=runfolder.base_fingerprint(args.model, saved.get("base_fingerprint")),
+                   data_fingerprint=runfolder.data_fingerprint(args.data, records, args.image_root))
+    runfolder.claim(stage_dir, current, args.restart, args.overwrite)
     print(train_contrastive(args.model, args.data, args.out, spec, image_root=args.image_root, mixed_precision=args.mixed_precision))
     return 0
 

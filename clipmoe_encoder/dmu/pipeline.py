@@ -73,7 +73,7 @@ def _check_enough_data(data_path, records, settings):
 def _prepare(base_dir, data_path, out_dir, settings, image_root, extra, restart=False, overwrite=False):
     """Every check that can fail runs before the model is loaded or anything is written: settings,
     the run folder, the data (every image stat'ed), the base's config, and the fingerprints against
-    a previous run in the folder. Then the folder is claimed (settings.json written)."""
+    a previous run in the folder. Then the folder is claimed (settings.json written) and the base loaded."""
     settings.validate()
     out_dir = os.fspath(out_dir)
     runfolder.check_folder(out_dir, overwrite)
@@ -84,16 +84,10 @@ def _prepare(base_dir, data_path, out_dir, settings, image_root, extra, restart=
     current = dict(dataclasses.asdict(settings), **extra, base=os.path.abspath(base_dir), data=os.path.abspath(data_path),
                    base_fingerprint=runfolder.base_fingerprint(base_dir, saved.get("base_fingerprint")),
                    data_fingerprint=runfolder.data_fingerprint(data_path, records, image_root))
-    runfolder.check_resume(out_dir, current, restart)
     accelerator = make_accelerator(settings.mixed_precision)
-    if accelerator.is_main_process and (restart or (overwrite and not saved)):
-        runfolder.clear_run(out_dir)
-    accelerator.wait_for_everyone()
+    runfolder.claim(out_dir, current, restart, overwrite)
     tokenizer, processor = load_preprocessors(base_dir)
     base = load_model(base_dir)
-    if accelerator.is_main_process:
-        runfolder.write_settings(out_dir, current)
-    accelerator.wait_for_everyone()
     set_frozen_logit_scale(base, settings.logit_scale)
     dataset = ImageTextDataset(records, processor, tokenizer, text_length(base), settings.skip_bad)
     return accelerator, out_dir, base, tokenizer, processor, dataset, data_report

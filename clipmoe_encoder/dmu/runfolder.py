@@ -137,6 +137,22 @@ def clear_run(out_dir: str) -> None:
             shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
 
 
+def claim(out_dir: str, current: dict, restart: bool = False, overwrite: bool = False) -> None:
+    """Every rank calls this once the inputs are read: refuse a changed resume (check_resume), clear the
+    folder's previous run on `restart` (or, on `overwrite`, entries a run would write into a folder
+    that held none), and record `current` as the folder's settings."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    had_run = read_saved(out_dir) is not None
+    check_resume(out_dir, current, restart)
+    if state.is_main_process:
+        if restart or (overwrite and not had_run):
+            clear_run(out_dir)
+        write_settings(out_dir, current)
+    state.wait_for_everyone()
+
+
 def write_settings(out_dir: str, current: dict) -> None:
     from ..outputs import write_text_atomic
 

@@ -164,3 +164,28 @@ def test_failed_run_blocks_nothing_and_restart_discards_the_old_run(files, tmp_p
     assert (out / "thesis.tex").read_text() == "mine"
     with open(out / "settings.json") as f:
         assert json.load(f)["data_fingerprint"]["records"] == 12
+
+
+@pytest.mark.slow
+def test_train_resumes_only_on_the_same_flags_model_and_data(files, tmp_path, capsys):
+    data = os.path.join(files, "data", "train_edit.json")
+    shutil.copy(os.path.join(files, "data", "data.json"), data)
+    argv = ["dmu", "train", "--model", os.path.join(files, "base"), "--data", data, "--out", str(tmp_path), "--batch-size", "4"]
+    assert main(argv) == 0
+    log = (tmp_path / "train" / "log.jsonl").read_text()
+    assert main([*argv, "--save-every", "7"]) == 0  # a result-neutral flag: resumes, nothing retrained
+    assert (tmp_path / "train" / "log.jsonl").read_text() == log
+    capsys.readouterr()
+    assert main([*argv, "--lr", "1e-3"]) == 2
+    assert "field 'lr'" in capsys.readouterr().err
+    with open(data) as f:
+        records = json.load(f)
+    records[5]["conversations"][1]["value"] = "a green stripe"
+    with open(data, "w") as f:
+        json.dump(records, f)
+    before = _hash_tree(str(tmp_path / "train"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "training data changed" in err and "--restart" in err and _hash_tree(str(tmp_path / "train")) == before
+    assert main([*argv, "--restart"]) == 0
+    assert (tmp_path / "train" / "log.jsonl").read_text() != log
