@@ -84,9 +84,9 @@ def _prepare(base_dir, data_path, out_dir, settings, image_root, extra, restart=
     current = dict(dataclasses.asdict(settings), **extra, base=os.path.abspath(base_dir), data=os.path.abspath(data_path),
                    base_fingerprint=runfolder.base_fingerprint(base_dir, saved.get("base_fingerprint")),
                    data_fingerprint=runfolder.data_fingerprint(data_path, records, image_root))
+    tokenizer, processor = load_preprocessors(base_dir)  # a base saved without them is found before the folder is claimed
     accelerator = make_accelerator(settings.mixed_precision)
     runfolder.claim(out_dir, current, restart, overwrite)
-    tokenizer, processor = load_preprocessors(base_dir)
     base = load_model(base_dir)
     set_frozen_logit_scale(base, settings.logit_scale)
     dataset = ImageTextDataset(records, processor, tokenizer, text_length(base), settings.skip_bad)
@@ -292,14 +292,16 @@ def routing_statistics(model_dir, data_path, image_root=None, max_samples: int =
     expert), "entropy" (mean router entropy in nats; "max_entropy" = ln E). Text padding excluded.
     device: where to run (default: CUDA when available).
     """
-    from ..modeling import CLIPMoEModel
+    from ..checkpoint_io import read_config_json
 
-    model = load_model(model_dir)
-    if not isinstance(model, CLIPMoEModel):
+    # config, data and preprocessors are checked before the weights are read
+    if read_config_json(model_dir).get("model_type") != "clipmoe":
         raise CLIPMoEError(f"{model_dir}: routing statistics need a two-tower CLIP-MoE (model_type 'clipmoe')")
     if _dataset is None:
-        tokenizer, processor = load_preprocessors(model_dir)
         records, _ = load_records(data_path, image_root, skip_bad=True)
+        tokenizer, processor = load_preprocessors(model_dir)
+    model = load_model(model_dir)
+    if _dataset is None:
         _dataset = ImageTextDataset(records[:max_samples], processor, tokenizer, text_length(model), skip_bad=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return collect_routing(model, _dataset, max_samples, batch_size, device)
