@@ -154,3 +154,18 @@ def _collect(node: ScriptModulePlaceholder, prefix: str, out: dict, path: str) -
             out[prefix + name] = value.detach()  # stored parameters come back requiring grad
         elif isinstance(value, ScriptModulePlaceholder):
             _collect(value, f"{prefix}{name}.", out, path)
+
+
+def load_archive_into(model: torch.nn.Module, path) -> None:
+    """Load a TorchScript archive's weights into an equivalent eager model (an open_clip CLIP for
+    openai/CLIP's .pt). Tensors the eager model does not keep in its state_dict (openai/CLIP's
+    input_resolution / context_length / vocab_size, open_clip's non-persistent attn_mask) are
+    dropped; every tensor the model needs must be there with its shape."""
+    weights = read_torchscript_state_dict(path)
+    own = model.state_dict()
+    for key, value in own.items():
+        if key not in weights:
+            raise CLIPMoEError(f"{path}: tensor {key!r} is missing; the archive is not this model")
+        if weights[key].shape != value.shape:
+            raise CLIPMoEError(f"{path}: tensor {key!r} has shape {list(weights[key].shape)}, the model expects {list(value.shape)}")
+    model.load_state_dict({key: weights[key] for key in own})

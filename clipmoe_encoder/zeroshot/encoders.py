@@ -217,10 +217,16 @@ def _load_open_clip(rest: str, device) -> OpenCLIPEncoder:
         from ..checkpoint_io import require_path
 
         require_path(checkpoint, "open_clip checkpoint")
+    from ..torchscript_weights import is_torchscript_archive, load_archive_into
+
+    # openai/CLIP's .pt is TorchScript, which open_clip would only open by running it: read its weights here
+    torchscript = bool(checkpoint) and os.path.isfile(checkpoint) and is_torchscript_archive(checkpoint)
     try:
         # weights_only=True (open_clip's default) keeps a pickle from running code on load
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=checkpoint, device="cpu")
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None if torchscript else checkpoint, device="cpu")
         tokenizer = open_clip.get_tokenizer(name)
     except Exception as err:  # noqa: BLE001  unknown name, unknown tag (no download here), mismatched weights
         raise CLIPMoEError(f"{OPEN_CLIP_PREFIX}{rest}: open_clip cannot load it ({type(err).__name__}: {err})") from None
+    if torchscript:
+        load_archive_into(model, checkpoint)
     return OpenCLIPEncoder(model, preprocess, tokenizer, device, name=f"{OPEN_CLIP_PREFIX}{rest}")

@@ -11,7 +11,10 @@ import torch
 from clipmoe_encoder import CLIPMoEError
 from clipmoe_encoder.checkpoint_io import load_pickled_state_dict
 from clipmoe_encoder.cli import main
-from clipmoe_encoder.torchscript_weights import is_torchscript_archive, read_torchscript_state_dict
+from clipmoe_encoder.torchscript_weights import (
+    is_torchscript_archive,
+    read_torchscript_state_dict,
+)
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -140,3 +143,18 @@ def test_broken_archives(tiny_model, tmp_path):
     torch.save(tiny_model.state_dict(), tmp_path / "plain.pt")
     assert not is_torchscript_archive(tmp_path / "plain.pt")
     assert sorted(load_pickled_state_dict(tmp_path / "plain.pt")) == sorted(tiny_model.state_dict())
+
+
+def test_open_clip_encoder_reads_the_archive(tiny_model, tmp_path):
+    """`clipmoe eval --model open_clip:<name>:openai.pt`: open_clip alone would refuse (or run) it."""
+    from clipmoe_encoder.zeroshot import load_encoder
+
+    path = _archive(tiny_model, tmp_path / "openai.pt", "trace")
+    encoder = load_encoder(f"open_clip:{TINY}:{path}")
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.model.encode_image(pixels), tiny_model.encode_image(pixels), rtol=0, atol=0)
+    evil = _evil_archive(tmp_path / "evil.pt", {"weight": _RunsShell(tmp_path / "pwned")})
+    with pytest.raises(CLIPMoEError, match="refused to read"):
+        load_encoder(f"open_clip:{TINY}:{evil}")
+    assert not (tmp_path / "pwned").exists()

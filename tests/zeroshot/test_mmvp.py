@@ -185,7 +185,7 @@ def test_eval_mmvp_swapped_statements(hf_clip, designed_mmvp, tmp_path, capsys):
 
 def test_eval_mmvp_clipmoe_and_text_report(hf_clip, designed_mmvp, tmp_path, capsys):
     """A CLIP-MoE upcycled from the dense CLIP (top-1 of identical experts) scores exactly like it."""
-    directory, model, tokenizer, processor = hf_clip
+    _, model, tokenizer, processor = hf_clip
     moe_dir = tmp_path / "moe"
     moe = clipmoe_encoder.upcycle(model, num_experts=2, top_k=1)
     moe.save_pretrained(moe_dir)
