@@ -16,6 +16,8 @@ import sys
 
 _CONFIGS = "transformers.models.auto.configuration_auto"
 _MODELS = "transformers.models.auto.modeling_auto"
+_MODELING_UTILS = "transformers.modeling_utils"
+_OWN_MODELS = __name__.rsplit(".", 1)[0] + ".modeling"
 
 
 def register_configs() -> None:
@@ -27,7 +29,20 @@ def register_configs() -> None:
         AutoConfig.register(config.model_type, config, exist_ok=True)
 
 
+def _half_imported(name: str, defines: str) -> bool:
+    """In sys.modules but still executing (its names not defined yet)."""
+    module = sys.modules.get(name)
+    return module is not None and not hasattr(module, defines)
+
+
 def register_models() -> None:
+    """Runs after modeling_auto, transformers' modeling_utils and our modeling.py each finish
+    loading, and registers once nothing it needs is half-imported: transformers 4.x loads
+    modeling_auto in the middle of importing modeling_utils, which our modeling.py imports."""
+    if _MODELS not in sys.modules or any(
+            _half_imported(name, defines) for name, defines in
+            ((_MODELS, "AutoModel"), (_MODELING_UTILS, "PreTrainedModel"), (_OWN_MODELS, "CLIPMoEModel"))):
+        return
     from transformers import AutoModel
 
     from .modeling import CLIPMoEModel, CLIPMoEVisionModel
@@ -36,7 +51,8 @@ def register_models() -> None:
         AutoModel.register(model.config_class, model, exist_ok=True)
 
 
-_AFTER_IMPORT = {_CONFIGS: register_configs, _MODELS: register_models}
+_AFTER_IMPORT = {_CONFIGS: register_configs, _MODELS: register_models, _MODELING_UTILS: register_models,
+                 _OWN_MODELS: register_models}
 
 
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):
