@@ -77,8 +77,14 @@ def _benchmarks(names) -> list:
     names = names.split(",") if isinstance(names, str) else list(names)
     names = [n.strip().lower().replace("-", "") for n in names if n.strip()]
     runnable = registry.runnable()
+    if not names:
+        raise EvalInputError(f"--benchmarks: none given; known: {', '.join(runnable)}")
+    scored_only = [n for n in names if n in registry.REGISTRY and n not in runnable]
+    if scored_only:
+        raise EvalInputError(f"--benchmarks: {', '.join(scored_only)}: scored only (no question file "
+                             "to generate from): use `eval-mllm score` or eval_mllm.score")
     unknown = [n for n in names if n not in runnable]
-    if unknown or not names:
+    if unknown:
         raise EvalInputError(f"--benchmarks: unknown {unknown}; known: {', '.join(runnable)}")
     return [runnable[n] for n in names]
 

@@ -309,3 +309,9 @@ def test_run_keyword_api_bad_files_fail_before_the_model(tmp_path):
     with pytest.raises(EvalInputError, match="pope: unknown file\\(s\\) \\['labels'\\]"):
         eval_mllm.run(model=no_model, benchmarks="pope", out=str(tmp_path / "o"),
                       data_root=data, files={"pope": {"labels": "x"}})
+
+    with pytest.raises(EvalInputError, match="--benchmarks: none given; known: pope, mme"):
+        eval_mllm.run(model=no_model, benchmarks=[], out=str(tmp_path / "o"), data_root=data)
+    with pytest.raises(EvalInputError, match="--benchmarks: mmstar: scored only .*eval-mllm score"):
+        eval_mllm.run(model=no_model, benchmarks="pope,mmstar", out=str(tmp_path / "o"), data_root=data)
+    assert not os.path.exists(tmp_path / "o")  # nothing written
