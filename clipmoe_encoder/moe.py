@@ -18,9 +18,7 @@ from transformers.activations import ACT2FN
 
 from .configuration import AUX_LOSS_COUNTS
 
-# torch >= 2.10 has a public grouped matmul; on CUDA it runs every expert in one kernel with
-# the group boundaries read on the device, so the forward never waits for the host.
-_HAS_GROUPED_MM = hasattr(F, "grouped_mm")
+from .grouped_mm import HAS_GROUPED_MM, grouped_mm_runs_on_device, matmul_dtype
 
 
 def activation(name: str):
@@ -60,7 +58,7 @@ class TopKRouter(nn.Module):
 class StackedExperts(nn.Module):
     """E copies of the CLIP FFN (fc1 -> act -> dropout -> fc2) stored as stacked (E, out, in) weights."""
 
-    # None = grouped matmul on CUDA only; True/False forces a path (tests run both on CPU).
+    # None = grouped matmul where torch's CUDA kernel takes the inputs; True/False forces a path.
     prefer_grouped_mm: bool | None = None
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, hidden_act: str, dropout: float = 0.0):
@@ -75,51 +73,58 @@ class StackedExperts(nn.Module):
         self.dropout = dropout
 
     def forward(self, x_sorted: torch.Tensor, expert_ids_sorted: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-        """Rows of `x_sorted` are grouped by expert: expert e owns rows ends[e-1]:ends[e] (int32)."""
-        if self._use_grouped_mm(x_sorted):
-            return self._grouped(x_sorted, expert_ids_sorted, ends)
-        return self._looped(x_sorted, ends)
+        """Rows of `x_sorted` are grouped by expert: expert e owns rows ends[e-1]:ends[e] (int32).
 
-    def _use_grouped_mm(self, x: torch.Tensor) -> bool:
-        # On CPU torch's grouped_mm is itself a loop (and no faster than ours, measured); the loop
-        # below reads the group sizes on the host, which costs nothing there. grouped_mm also
-        # needs 16-byte aligned rows.
-        aligned = all(n * x.element_size() % 16 == 0 for n in self.fc1_weight.shape[1:])
-        wanted = x.is_cuda if self.prefer_grouped_mm is None else self.prefer_grouped_mm
-        return _HAS_GROUPED_MM and wanted and aligned
+        Two dropless paths with the same results. Grouped: every expert in one `F.grouped_mm` per
+        weight, the group boundaries read on the device (no host-device sync); taken on CUDA where
+        torch's kernel accepts the inputs (`grouped_mm_runs_on_device`: bf16 on SM >= 80, fp16
+        where torch reports cuBLASLt grouped GEMM). Looped: one matmul per expert over its
+        contiguous rows; it reads the group sizes on the host once per MoE layer, so on CUDA (fp32,
+        fp16 without cuBLASLt grouped GEMM, GPUs before SM 80) it syncs once per layer (the
+        official code reads them once per expert per layer). Under autocast the matmuls run in
+        autocast's dtype on both paths.
+        """
+        dtype = matmul_dtype(x_sorted)
+        if self._use_grouped_mm(x_sorted, ends, dtype):
+            return self._grouped(x_sorted, expert_ids_sorted, ends, dtype)
+        return self._looped(x_sorted, ends, dtype)
 
-    def _grouped(self, x, expert_ids, ends):
-        h = F.grouped_mm(x, self.fc1_weight.transpose(1, 2), offs=ends) + self.fc1_bias[expert_ids]
+    def _use_grouped_mm(self, x: torch.Tensor, ends: torch.Tensor, dtype: torch.dtype) -> bool:
+        if self.prefer_grouped_mm is not None:  # forced (tests run both paths on CPU)
+            return self.prefer_grouped_mm and HAS_GROUPED_MM
+        # On CPU torch's grouped_mm is itself a loop (and no faster than ours, measured), and
+        # reading the group sizes on the host costs nothing there.
+        return grouped_mm_runs_on_device(x, self.fc1_weight, self.fc2_weight, offs=ends, dtype=dtype)
+
+    def _grouped(self, x, expert_ids, ends, dtype):
+        # Autocast does not cast grouped_mm's inputs: cast them (and the biases) explicitly.
+        w1, b1, w2, b2 = (p.to(dtype) for p in (self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias))
+        h = F.grouped_mm(x.to(dtype), w1.transpose(1, 2), offs=ends) + b1[expert_ids]
         h = F.dropout(self.act(h), self.dropout, self.training)
-        return F.grouped_mm(h, self.fc2_weight.transpose(1, 2), offs=ends) + self.fc2_bias[expert_ids]
+        return F.grouped_mm(h, w2.transpose(1, 2), offs=ends) + b2[expert_ids]
 
-    def _looped(self, x, ends):
-        sizes = ends.diff(prepend=ends.new_zeros(1)).tolist()
-        if not torch.is_grad_enabled() and self.hidden_act == "quick_gelu":
-            return self._looped_inference(x, sizes)
-        outputs = []
-        for e, chunk in enumerate(x.split(sizes)):
-            if chunk.shape[0] == 0:
-                continue
-            h = F.dropout(self.act(F.linear(chunk, self.fc1_weight[e], self.fc1_bias[e])), self.dropout, self.training)
-            outputs.append(F.linear(h, self.fc2_weight[e], self.fc2_bias[e]))
-        return torch.cat(outputs) if outputs else x.new_zeros(0, self.hidden_size)
+    def _looped(self, x, ends, dtype):
+        # The one host read of this layer. No expert is skipped when empty (a 0-row matmul is
+        # fine) and the output keeps its static size, so the loop also runs on symbolic sizes.
+        bounds = [0] + ends.tolist()
+        rows = [slice(bounds[e], bounds[e + 1]) for e in range(len(bounds) - 1)]
+        out = x.new_empty(x.shape[0], self.hidden_size, dtype=dtype)
+        if x.device.type == "cpu" and not torch.is_grad_enabled() and self.hidden_act == "quick_gelu" and dtype == x.dtype:
+            return self._looped_inference(x, rows, out)
+        for e, r in enumerate(rows):
+            h = F.dropout(self.act(F.linear(x[r], self.fc1_weight[e], self.fc1_bias[e])), self.dropout, self.training)
+            out[r] = F.linear(h, self.fc2_weight[e], self.fc2_bias[e])
+        return out
 
-    def _looped_inference(self, x, sizes):
+    def _looped_inference(self, x, rows, out):
         # Without autograd the CPU path can write in place: quick_gelu(z) = silu(1.702 z) / 1.702,
         # so fc1 is computed pre-scaled by 1.702 (addmm's alpha/beta), silu runs in place, and fc2
         # divides by 1.702 through its alpha, writing straight into the output: one pass over the
         # hidden activations instead of three, and no concatenation.
-        out = x.new_empty(x.shape[0], self.hidden_size)
-        start = 0
-        for e, n in enumerate(sizes):
-            if n == 0:
-                continue
-            rows = slice(start, start + n)
-            h = torch.addmm(self.fc1_bias[e], x[rows], self.fc1_weight[e].t(), beta=1.702, alpha=1.702)
+        for e, r in enumerate(rows):
+            h = torch.addmm(self.fc1_bias[e], x[r], self.fc1_weight[e].t(), beta=1.702, alpha=1.702)
             F.silu(h, inplace=True)
-            torch.addmm(self.fc2_bias[e], h, self.fc2_weight[e].t(), alpha=1 / 1.702, out=out[rows])
-            start += n
+            torch.addmm(self.fc2_bias[e], h, self.fc2_weight[e].t(), alpha=1 / 1.702, out=out[r])
         return out
 
 
@@ -154,9 +159,9 @@ class MoEFeedForward(nn.Module):
 
         pair_weights = weights.reshape(-1)[order].unsqueeze(-1)
         y = y.mul_(pair_weights) if not torch.is_grad_enabled() else y * pair_weights
-        if not y.is_cuda:  # on CPU index_add_ is deterministic and reads the pairs once
-            return x.new_zeros(x.shape).index_add_(0, token, y).view(shape), logits
-        # On CUDA index_add_ uses atomics (nondeterministic): put the pairs back in (token, slot)
+        if y.device.type == "cpu":  # on CPU index_add_ is deterministic and reads the pairs once
+            return y.new_zeros(x.shape).index_add_(0, token, y).view(shape), logits
+        # On accelerators index_add_ uses atomics (nondeterministic): put the pairs back in (token, slot)
         # order with the inverse permutation and sum over the k slots instead.
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
