@@ -98,8 +98,7 @@ def test_llava_tower(name, mode, path_spy, tmp_path):
     weights = PRECISIONS[name][0]
     features = run_on_fake_cuda(tower, lambda t: t(pixels(size=32, dtype=weights)), name, mode, path_spy)
     assert features.shape == (2, 16, 32) and features.dtype == weights
-    if mode == "train":  # routers train: the graph and the aux loss are kept
-        assert features.requires_grad and tower.pop_aux_loss().shape == ()
+    assert features.requires_grad == (mode == "train")  # routers train: the graph is kept
 
 
 @pytest.mark.parametrize("dtype,capability,cuda_version,expected", [
