@@ -43,7 +43,11 @@ def check_vision_tower(name: str) -> None:
     """A CLIP-MoE tower name must resolve to a checkpoint whose config and weights agree (a hub id
     is checked when it is downloaded); any other name must be one LLaVA's builder takes. The error
     says where the checkpoint came from ($CLIPMOE_VISION_TOWER or --vision_tower)."""
-    from clipmoe_encoder.tower import DEFAULT_TOWER_ENV, is_clipmoe_tower_name, resolve_tower_source
+    from clipmoe_encoder.tower import (
+        DEFAULT_TOWER_ENV,
+        is_clipmoe_tower_name,
+        resolve_tower_source,
+    )
 
     from .builder import is_llava_tower_name, unknown_tower_error
 

@@ -1,7 +1,10 @@
 """LLaVA-1.5 training entry point with CLIP-MoE (run by every DeepSpeed worker):
 
-    deepspeed [--hostfile H] --module llava_integration.train --deepspeed $(python -c 'import llava_integration as l; print(l.launch_dir())')/zero2.json \
+    deepspeed [--hostfile H] --module llava_integration.train --deepspeed ZERO_JSON \
         --vision_tower clipmoe ...  (all of llava/train/train.py's arguments)
+
+(ZERO_JSON: zero2.json or zero3.json in `llava_integration.launch_dir()`, next to the scripts that
+run this with LLaVA-1.5's settings.)
 
 Extra arguments:
   --mm_vision_moe_tune none|routers|routers_experts   what of the tower trains (default none: frozen)
@@ -16,6 +19,7 @@ is one `error:` line and exit code 2, found before any model is loaded (`checks.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from dataclasses import dataclass, field
 
@@ -55,10 +59,12 @@ def prepare():
 
     llava_integration.register()
     from . import compat
-    from .trainer import CLIPMoELLaVATrainer, with_trainable_tower_keys  # first: imports llava_trainer
+    from .trainer import CLIPMoELLaVATrainer, with_trainable_tower_keys
 
-    import llava.train.train as llava_train
-    from llava.train import llava_trainer
+    # Only after our trainer module, which imports LLaVA's trainer module the way newer
+    # transformers allow (compat.llava_trainer_importable); llava.train.train imports it too.
+    llava_train = importlib.import_module("llava.train.train")
+    llava_trainer = importlib.import_module("llava.train.llava_trainer")
 
     if not getattr(llava_train.ModelArguments, "_clipmoe", False):
         llava_train.ModelArguments = extend_model_arguments(llava_train.ModelArguments)

@@ -143,9 +143,9 @@ def test_hf_llava_keeps_llavas_forward_signature():
 
 
 def test_collector_removes_its_hooks_after_an_error(world):
+    from clipmoe_demo.tiny_llava import llava_model_args
     from clipmoe_encoder import CLIPMoEError
     from clipmoe_encoder.tower import CLIPMoEVisionTower
-    from clipmoe_demo.tiny_llava import llava_model_args
 
     tower = CLIPMoEVisionTower("clipmoe:" + world.tower, llava_model_args("clipmoe:" + world.tower, mm_vision_moe_tune="routers"))
     tower.train()
