@@ -38,6 +38,10 @@ def _text_layers_flag(text):
     return "same" if text == "same" else _layers_flag(text)
 
 
+_TOKENIZER_HELP = ("a saved CLIP tokenizer to write into DST (model_max_length set to the text positions); default: "
+                   "SRC's own, else OpenAI CLIP's, built offline from the BPE file open_clip ships")
+
+
 def register(sub) -> None:
     p = sub.add_parser("upcycle", help="dense CLIP (transformers dir, OpenAI/open_clip .pt) -> CLIP-MoE (every expert a copy of the FFN)")
     p.add_argument("src", help="transformers CLIP(Vision)Model directory, or an OpenAI-layout state dict (.pt)")
@@ -49,13 +53,15 @@ def register(sub) -> None:
     p.add_argument("--vision-only", action="store_true", help="write the vision tower alone (what LLaVA uses)")
     p.add_argument("--text-positions", type=at_least(1), default=None, help="stretch the text positions Long-CLIP style (e.g. 248)")
     p.add_argument("--seed", type=int, default=0, help="seed of the router initialisation")
+    p.add_argument("--tokenizer", default=None, metavar="DIR", help=_TOKENIZER_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST (default: refuse)")
     p.set_defaults(func=_upcycle)
 
     p = sub.add_parser("convert-official", help="official CLIP-MoE release (clip-moe-4-2-*.pt) -> our HF format")
     p.add_argument("src", help="the release .pt file (read with weights_only=True)")
-    p.add_argument("dst")
+    p.add_argument("dst", help="output directory (config.json + model.safetensors + tokenizer with 248 positions + image processor)")
     p.add_argument("--top-k", type=at_least(1), default=2)
+    p.add_argument("--tokenizer", default=None, metavar="DIR", help=_TOKENIZER_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST (default: refuse)")
     p.set_defaults(func=_convert_official)
 
@@ -136,8 +142,11 @@ def _upcycle(args) -> int:
     from .checkpoint_io import require_path
     from .upcycle import load_dense, upcycle
 
+    from .preprocessor_files import check_tokenizer_dir, has_tokenizer
+
     check_output_dir(args.dst, "DST", args.overwrite)
     src = require_path(args.src, "dense CLIP to upcycle")
+    tokenizer_from = check_tokenizer_dir(args.tokenizer) if args.tokenizer else (src if has_tokenizer(src) else None)
     sizes = _config_sizes(src)
     if sizes is not None:  # a directory: everything is checked before the weights are read
         _check_upcycle_plan(args, sizes, src)
@@ -149,6 +158,7 @@ def _upcycle(args) -> int:
     with staged_directory(args.dst) as tmp:
         model.save_pretrained(tmp)
         _copy_processor_files(src, tmp)
+        _complete(tmp, model.config, tokenizer_from)
     print(f"wrote {args.dst}")
     return _info_of(args.dst)
 
@@ -157,13 +167,19 @@ def _convert_official(args) -> int:
     from .checkpoint_io import require_path
     from .official import convert_official
 
+    from .preprocessor_files import check_tokenizer_dir, openai_bpe_path
+
     check_output_dir(args.dst, "DST", args.overwrite)
     if os.path.isdir(require_path(args.src, "official release .pt")):
         raise CLIPMoEError(f"{args.src}: is a directory, expected the release .pt file")
+    tokenizer_from = check_tokenizer_dir(args.tokenizer) if args.tokenizer else None
+    bpe_path = None if tokenizer_from else openai_bpe_path()  # checked before the release is read
     model = convert_official(args.src, top_k=args.top_k)
     with staged_directory(args.dst) as tmp:
         model.save_pretrained(tmp)
-    print(f"wrote {args.dst} (the release uses OpenAI's tokenizer with 248 positions and OpenAI CLIP preprocessing)")
+        _complete(tmp, model.config, tokenizer_from, bpe_path)
+    print(f"wrote {args.dst} with OpenAI CLIP preprocessing and a tokenizer of "
+          f"{model.config.text_config.max_position_embeddings} positions")
     return _info_of(args.dst)
 
 
@@ -173,6 +189,16 @@ def _extract_expert(args) -> int:
     dense = extract_expert_directory(args.dir, args.expert, args.out, args.overwrite)
     print(f"wrote {args.out}: expert {args.expert} of {args.dir} as a dense {type(dense).__name__}")
     return 0
+
+
+def _complete(directory, config, tokenizer_from=None, bpe_path=None) -> None:
+    """Tokenizer and image processor, so that the written directory is usable on its own."""
+    import sys
+
+    from .preprocessor_files import complete_directory
+
+    for note in complete_directory(directory, config, tokenizer_from, bpe_path):
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _copy_processor_files(src, dst) -> None:

@@ -197,7 +197,9 @@ def test_overwrite_replaces_only_when_asked(files, capsys):
     assert main(["upcycle", os.path.join(files, "dense"), dst, "--num-experts", "2", "--top-k", "1"]) == 2
     assert _hash_tree(dst) == before
     assert main(["upcycle", os.path.join(files, "dense"), dst, "--num-experts", "2", "--top-k", "1", "--overwrite"]) == 0
-    assert sorted(os.listdir(dst)) == ["config.json", "model.safetensors", "tokenizer_config.json"]
+    # the new model with its tokenizer (re-saved with the text positions) and image processor; no stale file
+    assert sorted(os.listdir(dst)) == ["config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
+                                       "tokenizer_config.json"]
     assert cm.CLIPMoEModel.from_pretrained(dst).config.vision_config.num_experts == 2
     assert not [n for n in os.listdir(files) if ".clipmoe-" in n]  # no staging folder left behind
 
