@@ -17,7 +17,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .checkpoint_io import check_moe_directory, check_weight_shapes, looks_local
+from .checkpoint_io import check_moe_directory, check_weight_shapes, check_weights_match_config, looks_local
 from .configuration import CLIPMoEConfig, CLIPMoETextConfig, CLIPMoEVisionConfig
 from .errors import CLIPMoEError
 from .moe import MoEFeedForward, RoutingStats, StackedExperts, TopKRouter, activation, aux_losses, routing_stats
@@ -267,16 +267,18 @@ class CLIPMoEPreTrainedModel(PreTrainedModel):
         path, another model type, weights that do not fit the config, a corrupt safetensors file).
         A vision-only model also loads from a two-tower CLIP-MoE directory."""
         path = pretrained_model_name_or_path
-        if isinstance(path, (str, os.PathLike)) and looks_local(path) and kwargs.get("config") is None:
+        if isinstance(path, (str, os.PathLike)) and looks_local(path):
+            # also when AutoModel passes the config it read: the weights are checked against it all the same
             path = os.fspath(path)
             wanted = ("clipmoe", "clipmoe_vision_model") if cls is CLIPMoEVisionModel else (cls.config_class.model_type,)
-            if check_moe_directory(path, wanted)["model_type"] == "clipmoe" and cls is CLIPMoEVisionModel:
-                kwargs["config"] = CLIPMoEConfig.from_pretrained(path).vision_config
-                config = kwargs["config"]
-            else:
-                config = cls.config_class.from_pretrained(path)
-            with torch.device("meta"):
-                check_weight_shapes(path, cls(config))
+            saved = check_moe_directory(path, wanted)
+            if saved["model_type"] == cls.config_class.model_type:
+                check_weights_match_config(path, saved)  # every tensor, both ways: none left at random init
+            else:  # the vision tower out of a two-tower directory: the shapes of the tensors it takes
+                if kwargs.get("config") is None:
+                    kwargs["config"] = CLIPMoEConfig.from_pretrained(path).vision_config
+                with torch.device("meta"):
+                    check_weight_shapes(path, cls(kwargs["config"]))
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):

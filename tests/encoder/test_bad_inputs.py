@@ -63,6 +63,12 @@ def files(tmp_path_factory):
     _edit_config(r("moe"), r("moe_8_in_config"), eight)
     _edit_config(r("moe"), r("moe_no_num_experts"), no_experts)
     _edit_config(r("moe"), r("moe_layers_disagree"), fewer_layers)
+    shutil.copytree(r("moe_layers_disagree"), r("moe_layers_disagree_tok"))  # with a tokenizer and processor: eval gets to the weights
+    from tests.dmu.helpers import make_tokenizer
+    from transformers import CLIPImageProcessor
+
+    make_tokenizer(r("moe_layers_disagree_tok")).save_pretrained(r("moe_layers_disagree_tok"))
+    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(r("moe_layers_disagree_tok"))
     shutil.copytree(r("moe"), r("moe_not_json"))
     with open(r("moe_not_json", "config.json"), "w") as f:
         f.write("{'model_type': 'clipmoe'")
@@ -135,6 +141,12 @@ CASES = [
     ("convert-src-directory", ["convert-official", "{root}/moe", "{root}/out2"], ["moe", "is a directory"], None),
     ("convert-src-not-checkpoint", ["convert-official", "{root}/not_a_checkpoint.pt", "{root}/out2"], ["not_a_checkpoint.pt"], None),
     ("convert-src-dense", ["convert-official", "{root}/no_clip.pt", "{root}/out2"], ["no_clip.pt"], None),
+    ("extract-expert-out-of-range", ["extract-expert", "{root}/moe", "4", "{root}/out2"], ["expert 4", "0..3"], None),
+    ("extract-expert-into-another-model", ["extract-expert", "{root}/moe", "1", "{root}/users_model"], ["users_model", "--overwrite"],
+     "{root}/users_model"),
+    ("extract-expert-config-disagrees", ["extract-expert", "{root}/moe_8_in_config", "1", "{root}/out2"], ["moe_8_in_config", "[4,", "[8,"], None),
+    ("eval-moe-layers-disagree", ["eval", "retrieval", "--model", "{root}/moe_layers_disagree_tok", "--dataset", "json", "--annotations",
+                                  "{root}/retrieval_ok.json"], ["layers.2.mlp.experts", "moe_layers"], None),
     ("info-8-experts-in-config-4-in-weights", ["info", "{root}/moe_8_in_config"], ["model.safetensors", "experts", "[4,", "[8,"], None),
     ("info-config-without-num-experts", ["info", "{root}/moe_no_num_experts"], ["config.json", "vision_config.num_experts"], None),
     ("info-moe-layers-disagree", ["info", "{root}/moe_layers_disagree"], ["layers.2.mlp.experts", "moe_layers"], None),
