@@ -17,7 +17,6 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .configuration import AUX_LOSS_COUNTS
-
 from .grouped_mm import HAS_GROUPED_MM, grouped_mm_runs_on_device, matmul_dtype
 
 

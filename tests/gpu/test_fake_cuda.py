@@ -12,17 +12,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipmoe_encoder import CLIPMoEConfig, CLIPMoEModel, CLIPMoEVisionConfig, CLIPMoEVisionModel
+from clipmoe_encoder import (
+    CLIPMoEConfig,
+    CLIPMoEModel,
+    CLIPMoEVisionConfig,
+    CLIPMoEVisionModel,
+)
 from clipmoe_encoder.grouped_mm import grouped_mm_runs_on_device
 from clipmoe_encoder.moe import MoEFeedForward
 
 from .conftest import PRECISIONS, fake_cuda, precision, to_fake_cuda
 
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=16,
-              patch_size=4, num_experts=4, num_experts_per_tok=2)
-TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=99,
-            max_position_embeddings=16, bos_token_id=97, eos_token_id=98, pad_token_id=0, num_experts=4,
-            num_experts_per_tok=2)
+VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 16,
+          "patch_size": 4, "num_experts": 4, "num_experts_per_tok": 2}
+TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 99,
+        "max_position_embeddings": 16, "bos_token_id": 97, "eos_token_id": 98, "pad_token_id": 0, "num_experts": 4,
+        "num_experts_per_tok": 2}
 CASES = [(p, m) for p in PRECISIONS for m in ("eval", "train")]
 IDS = [f"{p}-{m}" for p, m in CASES]
 

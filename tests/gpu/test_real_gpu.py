@@ -28,8 +28,8 @@ def _relative_error(a, b):
 
 def _tower(**overrides):
     torch.manual_seed(0)
-    config = CLIPMoEVisionConfig(**{**dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
-                                           image_size=32, patch_size=4, num_experts=4, num_experts_per_tok=2), **overrides})
+    config = CLIPMoEVisionConfig(**{"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 3, "num_attention_heads": 4,
+                                           "image_size": 32, "patch_size": 4, "num_experts": 4, "num_experts_per_tok": 2, **overrides})
     return CLIPMoEVisionModel(config).eval()
 
 
