@@ -48,9 +48,9 @@ def main(argv=None) -> int:
     print(f"gpu_check on {device}", flush=True)
 
     rc_tests, log_tests, t_tests = _run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                                         "tests/gpu/test_real_gpu.py", "-rfEs"], timeout=330)
+                                         "tests/gpu/test_real_gpu.py", "-rfEs"], timeout=300)
     print(log_tests[-6000:], flush=True)
-    rc_bench, log_bench, t_bench = _run([sys.executable, *BENCH], timeout=120)
+    rc_bench, log_bench, t_bench = _run([sys.executable, *BENCH], timeout=240)
     print(log_bench[-3000:], flush=True)
     bench = None
     if rc_bench == 0:
