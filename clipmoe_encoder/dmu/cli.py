@@ -115,6 +115,10 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file (default: refuse)")
     p.set_defaults(func=cmd_routing)
 
+    from .split import register as register_split  # torch-free, like the rest of the parser
+
+    register_split(sub)
+
 
 def cmd_run(args) -> int:
     from .pipeline import run_dmu

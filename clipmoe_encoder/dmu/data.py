@@ -33,7 +33,8 @@ class Record:
 def load_records(path, image_root=None, fmt: str = "auto", skip_bad: bool = False):
     """Read a training set into `(records, report)`.
 
-    path: a ShareGPT4V or LLaVA JSON list, a JSONL file of {"image", "caption"}, or a folder of
+    path: a ShareGPT4V or LLaVA JSON list, a JSON list or JSONL file of {"image", "caption"} (a
+    "caption" list or "captions" list gives one record per caption), or a folder of
     image + .txt pairs (img2dataset's `files` layout, shard folders nested at any depth).
     image_root: where relative image paths start (default: the folder holding the file).
     fmt: "auto" (from the path and the first record) or one of "sharegpt4v", "llava", "jsonl", "folder".
@@ -128,12 +129,12 @@ def _conversation_pairs(path, fmt):
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
             yield where, None, "field 'image' is missing or not a string"
             continue
-        if "conversations" not in entry and isinstance(entry.get("caption"), str):
-            yield where, entry["image"], entry["caption"]
+        if "conversations" not in entry and ("caption" in entry or "captions" in entry):
+            yield from _caption_pairs(where, entry)
             continue
         turns = entry.get("conversations")
         if not isinstance(turns, list):
-            yield where, None, "field 'conversations' is missing or not a list"
+            yield where, None, "field 'conversations' (ShareGPT4V / LLaVA) or 'caption' is missing or not a list"
             continue
         caption = None
         if fmt == "sharegpt4v" and len(turns) > 1 and isinstance(turns[1], dict):
@@ -170,10 +171,21 @@ def _jsonl_pairs(path):
             continue
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
             yield where, None, "field 'image' is missing or not a string"
-        elif not isinstance(entry.get("caption"), str):
-            yield where, None, "field 'caption' is missing or not a string"
         else:
-            yield where, entry["image"], entry["caption"]
+            yield from _caption_pairs(where, entry)
+
+
+def _caption_pairs(where, entry):
+    """{"image", "caption": str | [str]} or {"image", "captions": [str]}: one pair per caption (an
+    evaluation set such as COCO has several per image)."""
+    key = "captions" if "captions" in entry else "caption"
+    value = entry.get(key)
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        yield where, None, f"field {key!r} is missing or not a string or non-empty list of strings"
+        return
+    for text in texts:
+        yield where, entry["image"], text
 
 
 def _folder_pairs(root):

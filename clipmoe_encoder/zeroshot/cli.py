@@ -27,10 +27,14 @@ def register(subparsers) -> None:
     _common(r)
     r.add_argument("--dataset", required=True, choices=RETRIEVAL_DATASETS,
                    help="coco-karpathy / flickr-karpathy: dataset_coco.json / dataset_flickr30k.json; coco-val2017: "
-                        "captions_val2017.json; flickr-full: results_20130124.token (all 31,783 images); json: a list "
-                        "of {image, caption(s)}")
+                        "captions_val2017.json; flickr-full: results_20130124.token (all 31,783 images); json: what DMU "
+                        "trains on (ShareGPT4V / LLaVA JSON, JSON list or JSONL of {image, caption(s)}, img2dataset folder), "
+                        "e.g. the held-out file of `clipmoe dmu split`")
     r.add_argument("--annotations", required=True, help="the annotation file of --dataset")
-    r.add_argument("--images", default=None, help="image folder (required except for --dataset json, which defaults to the JSON's folder)")
+    r.add_argument("--images", default=None, help="image folder (required except for --dataset json, where relative paths "
+                                                  "start at the data file's folder unless given, as DMU's --image-root)")
+    r.add_argument("--skip-bad", action="store_true", help="--dataset json: leave out records with a missing image or empty "
+                                                           "caption (counted on stderr) instead of stopping at the first")
     r.add_argument("--split", default="test", help="Karpathy split to evaluate (default: test)")
     r.add_argument("--captions-per-image", type=at_least(0), default=5,
                    help="captions kept per image for COCO (first N, default 5 as in the 5k/25k protocol; 0 keeps all)")
@@ -73,7 +77,7 @@ def _device(name):
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def read_retrieval(dataset, annotations, images=None, split="test", captions_per_image=5):
+def read_retrieval(dataset, annotations, images=None, split="test", captions_per_image=5, skip_bad=False):
     """(image paths, captions per image) for a --dataset choice."""
     from . import datasets as ds
 
@@ -87,7 +91,11 @@ def read_retrieval(dataset, annotations, images=None, split="test", captions_per
     if dataset == "flickr-full":
         return ds.read_flickr_token(annotations, images)
     if dataset == "json":
-        return ds.read_image_text_json(annotations, images)
+        paths, captions, report = ds.read_image_text_json(annotations, images, skip_bad=skip_bad)
+        if report["kept"] < report["total"]:
+            print(f"warning: {annotations}: {report['total'] - report['kept']} of {report['total']} records left out "
+                  f"({report})", file=sys.stderr)
+        return paths, captions
     raise CLIPMoEError(f"unknown retrieval dataset {dataset!r}; choose from {', '.join(RETRIEVAL_DATASETS)}")
 
 
@@ -133,7 +141,8 @@ def run_retrieval(args) -> int:
     from .encoders import load_encoder
     from .metrics import evaluate_retrieval
 
-    images, captions = read_retrieval(args.dataset, args.annotations, args.images, args.split, args.captions_per_image)
+    images, captions = read_retrieval(args.dataset, args.annotations, args.images, args.split, args.captions_per_image,
+                                       args.skip_bad)
     encoder = load_encoder(args.model, device=_device(args.device))
     metrics = evaluate_retrieval(encoder, images, captions, batch_size=args.batch_size,
                                  text_batch_size=args.text_batch_size, progress=not args.no_progress)

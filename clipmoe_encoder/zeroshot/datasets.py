@@ -209,32 +209,18 @@ def read_flickr_token(token_file, image_root):
     return paths, captions
 
 
-def read_image_text_json(path, image_root=None):
-    """Any image-text JSON: a list of {"image": path, "caption": str | [str]} or
-    {"image": ..., "captions": [str]}. Entries naming the same image are merged (so one row per
-    caption works too). Relative image paths resolve against image_root, else the JSON's folder."""
-    data = _read_json(path, "image-text JSON")
-    if not isinstance(data, list):
-        raise CLIPMoEError(f"{path}: expected a JSON list of {{'image': ..., 'caption(s)': ...}} entries, found a {type(data).__name__}")
-    root = _require_dir(image_root, "image folder") if image_root is not None else os.path.dirname(os.path.abspath(path))
+def read_image_text_json(path, image_root=None, skip_bad: bool = False):
+    """Image-caption data in any format DMU trains on (ShareGPT4V / LLaVA JSON, a JSON list or JSONL of
+    {"image", "caption" | "captions"}, an img2dataset folder), read by DMU's own reader; records naming
+    the same image are merged into one row with all its captions. Relative image paths resolve
+    against image_root, else the data file's folder. Returns (image paths, captions per image, report)."""
+    from ..dmu.data import load_records
+
+    records, report = load_records(path, image_root, skip_bad=skip_bad)
     merged: dict[str, list[str]] = {}
-    where: dict[str, str] = {}
-    for i, entry in enumerate(data):
-        place = f"entry {i}"
-        image = _field(entry, "image", path, place, str)
-        key = "captions" if "captions" in entry else "caption"
-        value = _field(entry, key, path, place)
-        texts = [value] if isinstance(value, str) else value
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            raise CLIPMoEError(f"{path}: {place}: field {key!r} must be a string or a non-empty list of strings")
-        full = os.path.join(root, image)
-        merged.setdefault(full, []).extend(_caption(t, path, f"{place} caption {j}") for j, t in enumerate(texts))
-        where.setdefault(full, place)
-    if not merged:
-        raise CLIPMoEError(f"{path}: no entries")
-    paths = list(merged)
-    _check_images(paths, os.fspath(path), [where[p] for p in paths])
-    return paths, [merged[p] for p in paths]
+    for record in records:
+        merged.setdefault(record.image, []).append(record.caption)
+    return list(merged), list(merged.values()), report
 
 
 # ---------------------------------------------------------------------------------------------

@@ -156,24 +156,25 @@ def test_read_image_text_json(tmp_path):
     path = tmp_path / "pairs.json"
     path.write_text(json.dumps([{"image": "imgs/a.png", "caption": "first"}, {"image": "imgs/b.png", "captions": ["x", "y"]},
                                 {"image": "imgs/a.png", "caption": ["second", "third"]}]))
-    paths, captions = ds.read_image_text_json(path)  # relative to the JSON's folder
+    paths, captions, report = ds.read_image_text_json(path)  # relative to the JSON's folder
     assert paths == [os.path.join(tmp_path, "imgs/a.png"), os.path.join(tmp_path, "imgs/b.png")]
     assert captions == [["first", "second", "third"], ["x", "y"]]
+    assert report["total"] == report["kept"] == 5  # one record per caption, as DMU reads them
     path2 = tmp_path / "other" / "pairs.json"
     path2.parent.mkdir()
     path2.write_text(json.dumps([{"image": "a.png", "caption": "z"}]))
     assert ds.read_image_text_json(path2, tmp_path / "imgs")[0] == [os.path.join(tmp_path / "imgs", "a.png")]
     path.write_text(json.dumps([{"image": "imgs/a.png", "caption": "ok"}, {"image": "imgs/b.png"}]))
-    with pytest.raises(CLIPMoEError, match="pairs.json: entry 1: missing field 'caption'"):
+    with pytest.raises(CLIPMoEError, match="pairs.json: record 1: field 'conversations' .* or 'caption' is missing"):
         ds.read_image_text_json(path)
     path.write_text(json.dumps([{"image": "imgs/a.png", "captions": []}]))
     with pytest.raises(CLIPMoEError, match="non-empty list of strings"):
         ds.read_image_text_json(path)
     path.write_text(json.dumps({"image": "imgs/a.png", "caption": "x"}))
-    with pytest.raises(CLIPMoEError, match="expected a JSON list"):
+    with pytest.raises(CLIPMoEError, match="one JSON dict, expected a JSON list"):
         ds.read_image_text_json(path)
     path.write_text(json.dumps([{"image": "imgs/c.png", "caption": "x"}]))
-    with pytest.raises(CLIPMoEError, match="entry 0: image .*c.png does not exist"):
+    with pytest.raises(CLIPMoEError, match="record 0: image file .*c.png does not exist"):
         ds.read_image_text_json(path)
 
 
