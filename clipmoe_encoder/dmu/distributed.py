@@ -6,7 +6,11 @@ accelerate config file (DeepSpeed ZeRO), so the same code runs in every setting.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from datetime import timedelta
+
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import DistributedType
 
@@ -43,3 +47,30 @@ def gather_rows(accelerator: Accelerator, tensor: torch.Tensor, total: int) -> t
     n = tensor.shape[0]
     interleaved = gathered.view(world, n, *tensor.shape[1:]).transpose(0, 1).reshape(world * n, *tensor.shape[1:])
     return interleaved[:total]
+
+
+# How long the other ranks may wait while the main process works alone (writing ~1.2M features, k-means,
+# routing statistics). Generous on purpose: a hang elsewhere is still caught by the default group's
+# timeout, which this long wait does not change (see main_process_alone).
+MAIN_ALONE_TIMEOUT = timedelta(hours=6)
+
+
+@contextmanager
+def main_process_alone(accelerator: Accelerator, timeout: timedelta = MAIN_ALONE_TIMEOUT):
+    """Every rank enters; the body does the main process's solo work; every rank leaves together.
+
+    The other ranks wait on a barrier of a separate gloo group whose timeout is `timeout`, instead of
+    a barrier of the default (NCCL) group: NCCL's default 10-minute timeout would abort them while
+    rank 0 clusters 1.2M samples, and raising the default group's timeout for the whole run would
+    also let a genuinely hung training collective block for hours. A gloo barrier holds no GPU
+    stream, so NCCL's watchdog sees nothing pending. If the main process fails in the body, the
+    launcher (torchrun / accelerate launch) stops the waiting ranks.
+    """
+    if accelerator.num_processes == 1:
+        yield
+        return
+    # new_group is itself collective: every rank creates the group here, before the solo work starts
+    group = dist.new_group(backend="gloo", timeout=timeout)
+    yield
+    dist.barrier(group=group)
+    dist.destroy_process_group(group)

@@ -3,7 +3,8 @@
 Run folder layout (every piece is written atomically and reused on a rerun):
   settings.json                 the settings of the run and fingerprints of its base and data (runfolder.py): a
                                 rerun whose results-affecting settings, base or data differ is refused
-  features/stage<s>.safetensors embeddings of the stage-s model (stage 0 = base) over the training set
+  features/stage<s>/            embeddings of the stage-s model (stage 0 = base) over the training set:
+                                image.npy, text.npy (N, D) fp16 and valid.npy, read memory-mapped
   clusters/labels_stage<s>.safetensors  accumulated cluster labels after clustering stage s
   mcl<s>/                       MCL stage s: log.jsonl, checkpoints/, model/ (dense CLIP), done.json
   router/                       router stage: log.jsonl, checkpoints/, done.json
@@ -31,8 +32,8 @@ from ..upcycle import assemble_experts, upcycle
 from . import runfolder
 from .clustering import cluster_features
 from .data import ImageTextDataset, load_records
-from .distributed import make_accelerator
-from .features import compute_features, load_tensors, save_tensors
+from .distributed import main_process_alone, make_accelerator
+from .features import compute_features, has_features, load_features, load_tensors, save_features, save_tensors
 from .models import (
     load_model,
     load_preprocessors,
@@ -149,30 +150,34 @@ def _cluster_stats(labels):
 
 
 def _stage_labels(accelerator, out_dir, s, model_dir_or_model, dataset, previous, settings, timings):
-    """Accumulated labels after clustering with the stage-s model (cached on disk)."""
+    """Accumulated labels after clustering with the stage-s model (cached on disk).
+    Every rank embeds its shard; the main process alone stores the features and clusters while the
+    others wait in main_process_alone (a long-timeout barrier, see distributed.py)."""
     labels_path = os.path.join(out_dir, "clusters", f"labels_stage{s}.safetensors")
     if not os.path.isfile(labels_path):
         t0 = time.time()
-        features_path = os.path.join(out_dir, "features", f"stage{s}.safetensors")
-        if os.path.isfile(features_path):
-            feats = load_tensors(features_path)
-        else:
+        features_dir = os.path.join(out_dir, "features", f"stage{s}")
+        feats = None
+        if not has_features(features_dir):
             model = load_model(model_dir_or_model) if isinstance(model_dir_or_model, str) else model_dir_or_model
             feats = compute_features(accelerator, model, dataset, settings.feature_batch_size, settings.num_workers, desc=f"features{s}")
+        with main_process_alone(accelerator):
             if accelerator.is_main_process:
-                os.makedirs(os.path.dirname(features_path), exist_ok=True)
-                save_tensors(feats, features_path)
-        timings[f"features{s}"] = time.time() - t0
-        if accelerator.is_main_process:
-            t1 = time.time()
-            k = settings.clusters_per_modality
-            labels = cluster_features(feats["image"].numpy(), feats["text"].numpy(), feats["valid"].numpy(), previous, k, k, settings.seed + 100 * s)
-            os.makedirs(os.path.dirname(labels_path), exist_ok=True)
-            save_tensors({"labels": torch.from_numpy(labels)}, labels_path)
-            timings[f"clustering{s}"] = time.time() - t1
-            with open(os.path.join(out_dir, "timings.json"), "w") as f:  # survives a kill before the report
-                json.dump(timings, f)
-        accelerator.wait_for_everyone()
+                if feats is not None:
+                    os.makedirs(os.path.dirname(features_dir), exist_ok=True)
+                    save_features(feats, features_dir)
+                del feats
+                feats = load_features(features_dir)  # memory-mapped: pages in as k-means reads them
+                timings[f"features{s}"] = time.time() - t0
+                t1 = time.time()
+                k = settings.clusters_per_modality
+                labels = cluster_features(feats["image"], feats["text"], feats["valid"], previous, k, k, settings.seed + 100 * s,
+                                          progress=f"clusters{s}")
+                os.makedirs(os.path.dirname(labels_path), exist_ok=True)
+                save_tensors({"labels": torch.from_numpy(labels)}, labels_path)
+                timings[f"clustering{s}"] = time.time() - t1
+                with open(os.path.join(out_dir, "timings.json"), "w") as f:  # survives a kill before the report
+                    json.dump(timings, f)
     return load_tensors(labels_path)["labels"].numpy()
 
 
@@ -232,12 +237,12 @@ def run_dmu(base_dir, data_path, out_dir, settings: DMUSettings | None = None, i
         write_done(accelerator, router_dir, summary)
         done = read_done(router_dir)
     stages["router"] = done
-    if accelerator.is_main_process:
-        with open(timings_path, "w") as f:
-            json.dump(timings, f)
-        routing = routing_statistics(final_dir, data_path, image_root, settings.routing_stats_samples, _dataset=dataset)
-        write_report(out_dir, "dmu", settings, data_report, stages, clusters, timings, routing)
-    accelerator.wait_for_everyone()
+    with main_process_alone(accelerator):  # the routing statistics may run long on a large --routing-stats-samples
+        if accelerator.is_main_process:
+            with open(timings_path, "w") as f:
+                json.dump(timings, f)
+            routing = routing_statistics(final_dir, data_path, image_root, settings.routing_stats_samples, _dataset=dataset)
+            write_report(out_dir, "dmu", settings, data_report, stages, clusters, timings, routing)
     return final_dir
 
 
@@ -275,10 +280,10 @@ def run_baseline(kind: str, base_dir, data_path, out_dir, settings: DMUSettings 
         finish_stage(accelerator, summary, stage_dir, tokenizer, processor)
         done = read_done(stage_dir)
     model_dir = os.path.join(stage_dir, "model")
-    if accelerator.is_main_process:
-        routing = routing_statistics(model_dir, data_path, image_root, settings.routing_stats_samples, _dataset=dataset) if kind == "upcycling" else None
-        write_report(stage_dir, kind, settings, data_report, {kind: done}, {}, {}, routing)
-    accelerator.wait_for_everyone()
+    with main_process_alone(accelerator):
+        if accelerator.is_main_process:
+            routing = routing_statistics(model_dir, data_path, image_root, settings.routing_stats_samples, _dataset=dataset) if kind == "upcycling" else None
+            write_report(stage_dir, kind, settings, data_report, {kind: done}, {}, {}, routing)
     return model_dir
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 
 class RoutingAccumulator:
@@ -42,12 +43,12 @@ class RoutingAccumulator:
 
 
 @torch.no_grad()
-def collect_routing(model, dataset, max_samples: int = 256, batch_size: int = 32, device="cpu") -> dict:
+def collect_routing(model, dataset, max_samples: int = 256, batch_size: int = 32, device="cpu", progress: bool = True) -> dict:
     model = model.to(device).eval()
     cfg = model.config
     acc = RoutingAccumulator(cfg.vision_config.num_experts, cfg.vision_config.num_experts_per_tok)
     n = min(max_samples, len(dataset))
-    for start in range(0, n, batch_size):
+    for start in tqdm(range(0, n, batch_size), desc="routing statistics", unit="batch", dynamic_ncols=True, disable=not progress):
         items = [dataset[i] for i in range(start, min(n, start + batch_size))]
         batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
         keep = batch["valid"]

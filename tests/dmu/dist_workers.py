@@ -33,3 +33,36 @@ def loss_worker(rank, world, init_file, inputs, out_dir):
                     "aux": aux.detach(), "router_grad": router.grad}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+def main_alone_worker(rank, world, port, default_timeout_s, solo_s, use_long_wait, out_dir):
+    """A real Accelerator over gloo whose default group times out after default_timeout_s; rank 0 works
+    alone for solo_s while the others wait in main_process_alone (or, as a control, at the default
+    group's barrier). Writes 'ok' or the error to out_dir/rank<r>.txt."""
+    import time
+    from datetime import timedelta
+
+    from accelerate import Accelerator, InitProcessGroupKwargs
+
+    from clipmoe_encoder.dmu.distributed import main_process_alone
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    accelerator = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=default_timeout_s))])
+    outcome = "ok"
+    try:
+        if use_long_wait:
+            with main_process_alone(accelerator):
+                if accelerator.is_main_process:
+                    time.sleep(solo_s)
+        else:
+            if accelerator.is_main_process:
+                time.sleep(solo_s)
+            accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()  # the default group still works afterwards
+    except Exception as err:  # noqa: BLE001 - the outcome is what the test checks
+        outcome = f"error: {err}"
+    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
+        f.write(outcome)
+    if dist.is_initialized():
+        dist.destroy_process_group()

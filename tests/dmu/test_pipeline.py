@@ -4,12 +4,14 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from clipmoe_encoder import CLIPMoEError
 from clipmoe_encoder.cli import main
+from clipmoe_encoder.dmu.features import load_features
 from clipmoe_encoder.dmu.models import load_model
 from clipmoe_encoder.dmu.pipeline import routing_statistics
 
@@ -63,6 +65,10 @@ def test_run_writes_final_model_report_and_logs(run):
     assert not torch.equal(sources[1]["vision_model.encoder.layers.0.mlp.fc1.weight"], sources[0]["vision_model.encoder.layers.0.mlp.fc1.weight"])
     assert torch.equal(sources[1]["vision_model.encoder.layers.0.self_attn.q_proj.weight"], sources[0]["vision_model.encoder.layers.0.self_attn.q_proj.weight"])
 
+    for s in range(3):  # each stage's features: fp16 .npy files the clustering memory-maps
+        feats = load_features(os.path.join(out, "features", f"stage{s}"))
+        assert feats["image"].dtype == feats["text"].dtype == np.float16 and feats["image"].shape[0] == 12
+        assert np.allclose(np.linalg.norm(feats["image"].astype(np.float32), axis=1), 1, atol=2e-3)
     report = _json(os.path.join(out, "report.json"))
     assert set(report["stages"]) == {"mcl1", "mcl2", "mcl3", "router"}
     counts = [report["clusters"][f"stage{s}"]["nonempty_clusters"] for s in range(3)]
