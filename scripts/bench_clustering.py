@@ -68,6 +68,7 @@ def measure(args):
         del feats
         stages.append({"stage": s, "seconds": round(time.perf_counter() - t0, 2), "nonempty": int(len(np.unique(labels[labels >= 0]))),
                        "label_ids": (args.clusters ** 2) ** (s + 1), "max_label": int(labels.max())})
+        print(json.dumps(dict(stages[-1], peak_rss_gib=round(_peak_rss_gib(), 3))), file=sys.stderr, flush=True)  # a killed run still tells
     row = {"samples": args.samples[0], "dim": args.dim, "stages": stages, "total_seconds": round(sum(x["seconds"] for x in stages), 2),
            "peak_rss_gib": round(_peak_rss_gib(), 3), "labels_sha1": hashlib.sha1(labels.tobytes()).hexdigest()}
     print(json.dumps(row), flush=True)
