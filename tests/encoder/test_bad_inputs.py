@@ -46,6 +46,7 @@ def files(tmp_path_factory):
         json.dump({"model_max_length": 16}, f)
     tiny_vision().save_pretrained(r("vision"))
     cm.upcycle(r("dense"), num_experts=4, top_k=2).save_pretrained(r("moe"))
+    cm.upcycle(r("dense"), num_experts=2, top_k=1).save_pretrained(r("moe_2_experts"))
     # a dense directory whose weights are garbage: a check that runs first names the flag, not the weights
     shutil.copytree(r("dense"), r("dense_bad_weights"))
     with open(r("dense_bad_weights", "model.safetensors"), "wb") as f:
@@ -61,7 +62,8 @@ def files(tmp_path_factory):
         c["vision_config"]["moe_layers"] = [0, 1]
 
     _edit_config(r("moe"), r("moe_8_in_config"), eight)
-    _edit_config(r("moe"), r("moe_no_num_experts"), no_experts)
+    # a missing field takes the class default (4 experts), as in transformers: wrong for these 2-expert weights
+    _edit_config(r("moe_2_experts"), r("moe_no_num_experts"), no_experts)
     _edit_config(r("moe"), r("moe_layers_disagree"), fewer_layers)
     shutil.copytree(r("moe_layers_disagree"), r("moe_layers_disagree_tok"))  # with a tokenizer and processor: eval gets to the weights
     from tests.dmu.helpers import make_tokenizer
@@ -148,7 +150,7 @@ CASES = [
     ("eval-moe-layers-disagree", ["eval", "retrieval", "--model", "{root}/moe_layers_disagree_tok", "--dataset", "json", "--annotations",
                                   "{root}/retrieval_ok.json"], ["layers.2.mlp.experts", "moe_layers"], None),
     ("info-8-experts-in-config-4-in-weights", ["info", "{root}/moe_8_in_config"], ["model.safetensors", "experts", "[4,", "[8,"], None),
-    ("info-config-without-num-experts", ["info", "{root}/moe_no_num_experts"], ["config.json", "vision_config.num_experts"], None),
+    ("info-config-without-num-experts", ["info", "{root}/moe_no_num_experts"], ["model.safetensors", "experts", "[2,", "[4,"], None),
     ("info-moe-layers-disagree", ["info", "{root}/moe_layers_disagree"], ["layers.2.mlp.experts", "moe_layers"], None),
     ("info-config-not-json", ["info", "{root}/moe_not_json"], ["moe_not_json/config.json", "not valid JSON"], None),
     ("info-config-not-utf8", ["info", "{root}/moe_latin1"], ["moe_latin1/config.json"], None),

@@ -205,3 +205,24 @@ def test_wrong_image_size_is_one_clear_error():
     moe = cm.upcycle(tiny_clip(), num_experts=2, top_k=1)
     with pytest.raises(cm.CLIPMoEError, match="32x32 but this tower takes 16x16"):
         moe.get_image_features(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.legacy
+def test_info_reads_a_config_that_leaves_defaults_out(tmp_path):
+    """transformers 4.x writes only the fields that differ from the class defaults (the two-tower
+    sub-configs of a default model shrink to their model_type): `clipmoe info` reads them as
+    transformers does."""
+    from clipmoe_encoder.commands import checkpoint_summary
+
+    model = _distinct_moe()
+    model.save_pretrained(tmp_path)
+    with open(tmp_path / "config.json") as f:
+        config = json.load(f)
+    for tower in ("vision_config", "text_config"):  # as 4.37 writes a config whose MoE fields are the defaults
+        for field in ("num_experts_per_tok", "normalize_top_k", "router_aux_loss_coef"):
+            config[tower].pop(field, None)
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(config, f)
+    summary = checkpoint_summary(str(tmp_path))
+    assert summary["towers"]["vision"]["num_experts"] == 3
+    assert summary["towers"]["vision"]["top_k"] == 2
