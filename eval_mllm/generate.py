@@ -181,7 +181,8 @@ class MergeStats:
 
 def merge(out_path, part_paths, questions=None, overwrite=False) -> MergeStats:
     """Concatenate chunk answer files into `out_path`; in question order when `questions` is
-    given (else in the order of the parts, as LLaVA's `cat`). Duplicates keep the first answer;
+    given (else in the order of the parts, as LLaVA's `cat`). A duplicate keeps the last answer (at
+    the first one's place), as the scorers and LLaVA's conversion scripts read ids;
     a cut last line of a part is dropped; every dropped line is counted by reason. An existing
     `out_path` is replaced only with `overwrite` (or when the merge would write it unchanged);
     the output is written to a temporary file and renamed."""
@@ -208,7 +209,7 @@ def merge(out_path, part_paths, questions=None, overwrite=False) -> MergeStats:
         shared = _AllKeys()
     by_key = {}
     for record in records:
-        by_key.setdefault(record_key(record, shared), record)
+        by_key[record_key(record, shared)] = record  # the last answer wins, where the first stood
     n_dup = len(records) - len(by_key)
     if n_dup:
         stats.dropped["duplicate_answer"] = n_dup

@@ -304,7 +304,7 @@ def test_merge_loses_no_answer(tmp_path, capsys):
     with open(out, encoding="utf-8") as merged:
         records = [json.loads(line) for line in merged]
     assert [r["question_id"] for r in records] == [1, 2, 3, 4, 6]
-    assert next(r for r in records if r["question_id"] == 2)["text"] == "yes"  # first answer kept
+    assert next(r for r in records if r["question_id"] == 2)["text"] == "again"  # the last answer, as the scorers read it
     assert "5 answers written of 7 read" in printed
     assert "1 dropped (duplicate_answer)" in printed and "1 dropped (truncated_last_line)" in printed
 
