@@ -3,8 +3,10 @@ without importing transformers or torch itself (in transformers 5 any config cla
 seconds that `clipmoe --help` should not pay).
 
 Registration runs right after transformers loads its auto-class tables: the configs when
-`configuration_auto` is imported, the models when `modeling_auto` is. If a table is already loaded
-when this package is imported, its classes register at once. Either way `AutoConfig` / `AutoModel`
+`configuration_auto` is imported, the models once `modeling_auto`, transformers' `modeling_utils`
+and our `modeling.py` are all loaded (transformers 4.x imports modeling_auto in the middle of
+modeling_utils). If they are already loaded when this package is imported, the classes register
+at once. Either way `AutoConfig` / `AutoModel`
 / `LlavaForConditionalGeneration.from_pretrained` see CLIP-MoE whenever they first look.
 """
 
@@ -56,7 +58,7 @@ _AFTER_IMPORT = {_CONFIGS: register_configs, _MODELS: register_models, _MODELING
 
 
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: for the two auto modules it wraps the real loader so that the
+    """Finds nothing itself: for the modules in _AFTER_IMPORT it wraps the real loader so that the
     registration runs once the module has executed."""
 
     def find_spec(self, name, path, target=None):

@@ -48,16 +48,22 @@ def _settings(args):
     return _from_flags(DMUSettings, args)
 
 
+def _add_folder_flags(parser, run_in: str, inputs: str, folder: str, foreign: str) -> None:
+    """--restart and --overwrite: what a rerun may do with the folder it finds."""
+    parser.add_argument("--restart", action="store_true",
+                        help=f"discard the run already in {run_in} and start afresh; without it a rerun resumes, "
+                             f"and one whose {inputs} changed is refused")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"use a non-empty {folder} that holds {foreign} (default: refuse)")
+
+
 def _common(parser, out_help="run folder (rerun the same command to resume)"):
     parser.add_argument("--base", required=True, help="dense CLIP directory (save_pretrained + tokenizer + image processor)")
     parser.add_argument("--data", required=True, help="ShareGPT4V/LLaVA JSON, JSONL {image, caption} or img2dataset folder")
     parser.add_argument("--image-root", default=None, help="where relative image paths start (default: the data file's folder)")
     parser.add_argument("--out", required=True, help=out_help)
-    parser.add_argument("--restart", action="store_true",
-                        help="discard the run already in --out (its features, stages and model) and start afresh; "
-                             "without it a rerun resumes, and one whose settings, base or data changed is refused")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="use a non-empty --out that holds no run of this command (default: refuse)")
+    _add_folder_flags(parser, "--out (its features, stages and model)", "settings, base or data", "--out",
+                      "no run of this command")
     from .settings import DMUSettings
 
     _add_settings_flags(parser, DMUSettings, "DMU settings (defaults = the paper's)")
@@ -89,11 +95,7 @@ def register(subparsers) -> None:
     p.add_argument("--image-root", default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--mixed-precision", default="auto")
-    p.add_argument("--restart", action="store_true",
-                   help="discard the run already in <out>/<stage-name> and start afresh; without it a rerun resumes, and "
-                        "one whose settings, model or data changed is refused")
-    p.add_argument("--overwrite", action="store_true",
-                   help="use a non-empty <out>/<stage-name> that holds no training run (default: refuse)")
+    _add_folder_flags(p, "<out>/<stage-name>", "settings, model or data", "<out>/<stage-name>", "no training run")
     from .settings import StageSpec
 
     _add_settings_flags(p, StageSpec, "stage settings (the model lands in <out>/<stage-name>/model)")
