@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from clipmoe_encoder.cli import main
-from tests.encoder.test_bad_inputs import _hash_tree
+from tests.one_line_errors import assert_refused_in_one_line, hash_tree
 
 from .helpers import make_base, make_dataset
 
@@ -110,18 +110,7 @@ CASES = [
 
 @pytest.mark.parametrize("argv, needles, keep", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2(files, capsys, argv, needles, keep):
-    argv = [a.format(root=files) for a in argv]
-    keep = keep.format(root=files) if keep else None
-    before = _hash_tree(keep) if keep else None
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert "Traceback" not in captured.err and lines[0].startswith("clipmoe")
-    for needle in needles:
-        assert needle.format(root=files) in lines[0], (needle, lines[0])
-    if keep:
-        assert _hash_tree(keep) == before
+    assert_refused_in_one_line(main, argv, needles, keep, files, capsys)
     # refused before anything was written: nothing there blocks the corrected rerun
     assert not os.path.exists(os.path.join(files, "out"))
     assert not [n for n in os.listdir(files) if ".clipmoe-" in n]
@@ -148,7 +137,7 @@ def test_failed_run_blocks_nothing_and_restart_discards_the_old_run(files, tmp_p
     shutil.copy(os.path.join(files, "data", "data.json"), data)
     assert main([*argv, "--overwrite"]) == 0
     assert os.path.isfile(out / "final" / "model.safetensors") and (out / "thesis.tex").read_text() == "mine"
-    features = _hash_tree(str(out / "features"))
+    features = hash_tree(str(out / "features"))
     assert main(argv) == 0  # now its own run folder: resumes without --overwrite
 
     with open(data) as f:
@@ -160,7 +149,7 @@ def test_failed_run_blocks_nothing_and_restart_discards_the_old_run(files, tmp_p
     assert main(argv) == 2
     assert "training data changed" in capsys.readouterr().err
     assert main([*argv, "--restart"]) == 0
-    assert _hash_tree(str(out / "features")) != features  # recomputed on the new captions
+    assert hash_tree(str(out / "features")) != features  # recomputed on the new captions
     assert (out / "thesis.tex").read_text() == "mine"
     with open(out / "settings.json") as f:
         assert json.load(f)["data_fingerprint"]["records"] == 12
@@ -183,9 +172,9 @@ def test_train_resumes_only_on_the_same_flags_model_and_data(files, tmp_path, ca
     records[5]["conversations"][1]["value"] = "a green stripe"
     with open(data, "w") as f:
         json.dump(records, f)
-    before = _hash_tree(str(tmp_path / "train"))
+    before = hash_tree(str(tmp_path / "train"))
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "training data changed" in err and "--restart" in err and _hash_tree(str(tmp_path / "train")) == before
+    assert "training data changed" in err and "--restart" in err and hash_tree(str(tmp_path / "train")) == before
     assert main([*argv, "--restart"]) == 0
     assert (tmp_path / "train" / "log.jsonl").read_text() != log

@@ -17,6 +17,16 @@ def tiny_clip(seed=0) -> CLIPModel:
     return model
 
 
+def randomize_moe(model):
+    """Routers and experts away from their (upcycled or default) init, so that experts differ."""
+    from clipmoe_encoder.moe import expert_parameters, router_parameters
+
+    with torch.no_grad():
+        for p in router_parameters(model) + expert_parameters(model):
+            p.normal_(0, 0.3)
+    return model
+
+
 def tiny_vision(seed=0) -> CLIPVisionModel:
     torch.manual_seed(seed)
     return CLIPVisionModel(CLIPVisionConfig(**VISION)).eval()

@@ -9,7 +9,7 @@ import torch
 
 import clipmoe_encoder as cm
 from clipmoe_encoder.official import convert_official
-from tests.encoder.conftest import TEXT, VISION, batch, tiny_clip
+from tests.encoder.conftest import TEXT, VISION, batch, randomize_moe, tiny_clip
 
 
 def _distinct_moe(seed=0, text_positions=16, vision_layers=None, text_layers=(1,)):
@@ -21,12 +21,7 @@ def _distinct_moe(seed=0, text_positions=16, vision_layers=None, text_layers=(1,
                          moe_layers=list(text_layers), max_position_embeddings=text_positions),
         projection_dim=24,
     )
-    model = cm.CLIPMoEModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "router" in name or "experts" in name:
-                p.normal_(0, 0.3)
-    return model
+    return randomize_moe(cm.CLIPMoEModel(config).eval())
 
 
 @pytest.mark.legacy

@@ -12,7 +12,7 @@ import torch
 import clipmoe_encoder as cm
 from clipmoe_encoder.cli import main
 from clipmoe_encoder.preprocessor_files import OPENAI_VOCAB_SIZE, openai_vocab_and_merges, write_openai_tokenizer
-from tests.encoder.conftest import TEXT, VISION
+from tests.encoder.conftest import TEXT, VISION, randomize_moe
 from tests.encoder.test_checkpoints import official_layout
 
 open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
@@ -56,12 +56,7 @@ def _openai_vocab_moe(positions=248, seed=0):
     config = cm.CLIPMoEConfig(
         vision_config=dict(VISION, hidden_size=64, num_attention_heads=1, num_experts=2, num_experts_per_tok=2),
         text_config=dict(text, num_experts=2, num_experts_per_tok=2, moe_layers=[1]), projection_dim=24)
-    model = cm.CLIPMoEModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "router" in name or "experts" in name:
-                p.normal_(0, 0.3)
-    return model
+    return randomize_moe(cm.CLIPMoEModel(config).eval())
 
 
 def test_convert_official_directory_is_complete(tmp_path, capsys):
