@@ -9,7 +9,12 @@
 #     TINY_DATA_PATH, TINY_IMAGE_FOLDER, TINY_OUTPUT_DIR, TINY_BATCH (per device = global, default 4),
 #     TINY_STEPS (--max_steps, default 3), PRETRAIN_DIR_TINY (finetune.sh: stage-1 output or "none")
 #   REPORT_TO     --report_to (default none)
-# Each script sets its stage (MODEL, DATA_PATH, ..., GLOBAL_BATCH, PER_DEVICE_BATCH, EPOCHS, SAVE)
+#   GLOBAL_BATCH  the stage's global batch (default: the published one)
+#   PER_DEVICE_BATCH  per-GPU batch (default: the largest <= the stage's default that splits the global
+#     batch exactly over the ranks; the rest is gradient accumulation)
+# With HOSTFILE, the run's variables (CLIPMOE_*, HF_*, TRANSFORMERS_*, ...) reach every node through a
+# DeepSpeed env file of this run that also keeps the lines of the user's .deepspeed_env.
+# Each script sets its stage (MODEL, DATA_PATH, ..., GLOBAL_BATCH, DEFAULT_PER_DEVICE, EPOCHS, SAVE)
 # and calls llava_train with its stage flags.
 # A bad setting or argument stops the script with one `error:` line and exit code 2 before the
 # launcher starts (the arguments are checked by `python -m llava_integration.checks`).
@@ -55,24 +60,69 @@ else
 fi
 
 # Number of ranks: the hostfile's slots, else NUM_GPUS on this node.
+MULTI_NODE=0
 if [ -n "$HOSTFILE" ]; then
     [ -f "$HOSTFILE" ] || die "HOSTFILE=$HOSTFILE: no such file (one 'host slots=N' line per node)"
     WORLD_SIZE=$(awk '!/^#/ && NF { for (i = 2; i <= NF; i++) if ($i ~ /^slots=/) { split($i, s, "="); n += s[2] } } END { print n + 0 }' "$HOSTFILE")
     (( WORLD_SIZE > 0 )) || die "HOSTFILE=$HOSTFILE: no 'host slots=N' line"
     LAUNCH=("$DEEPSPEED" --hostfile "$HOSTFILE" --master_port "$MASTER_PORT")
+    MULTI_NODE=1
 else
     WORLD_SIZE=$NUM_GPUS
     LAUNCH=("$DEEPSPEED" --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT")
 fi
 
-# gradient accumulation that keeps the published global batch: global = per_device * ranks * accumulation
-accumulation() {  # global per_device
-    local per_rank=$(( $2 * WORLD_SIZE ))
-    [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "PER_DEVICE_BATCH=$2: expected a positive whole number"
-    if (( $1 % per_rank )); then
-        die "global batch $1 is not a multiple of per-device batch $2 x $WORLD_SIZE ranks (set PER_DEVICE_BATCH)"
+# Per-device batch and gradient accumulation from the global batch and the number of ranks:
+# global = per_device * ranks * accumulation. Sets PER_DEVICE and ACCUM (no subshell, so that `die`
+# stops the script). PER_DEVICE_BATCH set by the user is kept as given; otherwise the largest
+# per-device batch <= the stage's default that splits the global batch exactly (less memory per GPU,
+# never more than the published setting).
+split_batch() {  # global default_per_device
+    local global=$1 default=$2 per_rank p
+    [[ "$global" =~ ^[1-9][0-9]*$ ]] || die "GLOBAL_BATCH=$global: expected a positive whole number"
+    if (( global % WORLD_SIZE )); then
+        local near=$(( (global + WORLD_SIZE / 2) / WORLD_SIZE * WORLD_SIZE ))
+        (( near > 0 )) || near=$WORLD_SIZE
+        die "global batch $global cannot be split over $WORLD_SIZE ranks (nodes x GPUs per node):" \
+            "set GLOBAL_BATCH=$near (differs from the published $global) or use a rank count that divides $global"
     fi
-    echo $(( $1 / per_rank ))
+    per_rank=$(( global / WORLD_SIZE ))  # samples per rank and optimizer step
+    if [ -n "${PER_DEVICE_BATCH:-}" ]; then
+        [[ "$PER_DEVICE_BATCH" =~ ^[1-9][0-9]*$ ]] || die "PER_DEVICE_BATCH=$PER_DEVICE_BATCH: expected a positive whole number"
+        if (( per_rank % PER_DEVICE_BATCH )); then
+            for (( p = PER_DEVICE_BATCH < per_rank ? PER_DEVICE_BATCH : per_rank; per_rank % p; p-- )); do :; done
+            die "global batch $global is not a multiple of PER_DEVICE_BATCH=$PER_DEVICE_BATCH x $WORLD_SIZE ranks" \
+                "(set PER_DEVICE_BATCH=$p, or unset it to choose one)"
+        fi
+        PER_DEVICE=$PER_DEVICE_BATCH
+    else
+        for (( p = default < per_rank ? default : per_rank; per_rank % p; p-- )); do :; done
+        PER_DEVICE=$p
+    fi
+    ACCUM=$(( per_rank / PER_DEVICE ))
+}
+
+# Multi-node: DeepSpeed's launcher starts the other nodes' ranks over ssh with only a few variables
+# (PYTHON*, NCCL*, ...) plus the lines of its env file ($DS_ENV_FILE, default .deepspeed_env, read
+# from ~ and from the current folder). The run's own variables ($CLIPMOE_VISION_TOWER for
+# `--vision_tower clipmoe`, Hugging Face cache and offline settings, ...) are written to a file of
+# this run: the user's env files first (kept, never modified), then these variables, so they win.
+# DS_ENV_FILE names it by absolute path (DeepSpeed joins it to both folders; an absolute path wins).
+FORWARD_ENV='^(CLIPMOE_|HF_|HUGGING_FACE_|TRANSFORMERS_|TORCH_|DS_ACCELERATOR$|WANDB_|OMP_NUM_THREADS$|TOKENIZERS_)'
+forward_env_to_nodes() {
+    local name=${DS_ENV_FILE:-.deepspeed_env} user_files=() f var
+    if [[ "$name" = /* ]]; then user_files=("$name"); else user_files=("$HOME/$name" "./$name"); fi
+    RUN_ENV_FILE=$(mktemp "${TMPDIR:-/tmp}/clipmoe-deepspeed-env.XXXXXX")
+    trap 'rm -f "$RUN_ENV_FILE"' EXIT
+    for f in "${user_files[@]}"; do
+        if [ -f "$f" ]; then grep -v '^[[:space:]]*$' "$f" >>"$RUN_ENV_FILE" || true; fi
+    done
+    for var in $(compgen -e); do
+        [[ "$var" =~ $FORWARD_ENV ]] || continue
+        [[ "${!var}" == *$'\n'* ]] && continue  # one line per variable in DeepSpeed's format
+        printf '%s=%s\n' "$var" "${!var}" >>"$RUN_ENV_FILE"
+    done
+    export DS_ENV_FILE=$RUN_ENV_FILE
 }
 
 # warmup ratio as steps (--warmup_ratio is gone from transformers 5; steps work everywhere)
@@ -88,24 +138,26 @@ PY
 
 # Launch llava_integration.train with the trainer flags both stages share, then the caller's
 # arguments (stage flags, then the user's extras), so that for a repeated flag the caller's wins.
-# Reads DATA_PATH, GLOBAL_BATCH, PER_DEVICE_BATCH, EPOCHS and SAVE from the calling script.
+# Reads DATA_PATH, GLOBAL_BATCH, DEFAULT_PER_DEVICE, EPOCHS and SAVE from the calling script.
 llava_train() {
     # The caller's arguments name every file and the tower: checked before anything reads them.
     "$PYTHON" -m llava_integration.checks "$@"
-    # Plain assignments, not $(...) inside the argument list below: there a failure (accumulation
-    # exits 2 on a bad batch split) would be ignored even with set -e and training would start.
-    local accum warmup
-    accum=$(accumulation "$GLOBAL_BATCH" "$PER_DEVICE_BATCH")
+    split_batch "$GLOBAL_BATCH" "$DEFAULT_PER_DEVICE"
+    # A plain assignment, not $(...) inside the argument list below: there a failure would be
+    # ignored even with set -e and training would start.
+    local warmup
     warmup=$(warmup_steps "$DATA_PATH" "$GLOBAL_BATCH" "$EPOCHS" 0.03)
+    if [ "$MULTI_NODE" = "1" ]; then forward_env_to_nodes; fi
+    echo "batch: global $GLOBAL_BATCH = per-device $PER_DEVICE x $WORLD_SIZE ranks x accumulation $ACCUM" >&2
     "${LAUNCH[@]}" --module llava_integration.train \
         --mm_vision_select_layer -2 \
         --mm_use_im_start_end False \
         --mm_use_im_patch_token False \
         "${PRECISION[@]}" \
         --num_train_epochs "$EPOCHS" "${STEPS[@]}" \
-        --per_device_train_batch_size "$PER_DEVICE_BATCH" \
+        --per_device_train_batch_size "$PER_DEVICE" \
         --per_device_eval_batch_size 4 \
-        --gradient_accumulation_steps "$accum" \
+        --gradient_accumulation_steps "$ACCUM" \
         "${SAVE[@]}" \
         --weight_decay 0. \
         --warmup_steps "$warmup" \

@@ -5,7 +5,7 @@
 #   MODEL (lmsys/vicuna-7b-v1.5)  DATA_PATH  IMAGE_FOLDER  VISION_TOWER (clipmoe)
 #   PRETRAIN_DIR (stage-1 output, holds mm_projector.bin; "none" when MODEL is already a LLaVA checkpoint)
 #   OUTPUT_DIR (name must contain "llava")
-#   PER_DEVICE_BATCH (16)  + the launch settings of common.sh
+#   PER_DEVICE_BATCH (default <= 16, see common.sh)  GLOBAL_BATCH (128)  + the launch settings of common.sh
 # Extra arguments are passed on to the trainer (e.g. --mm_vision_moe_tune routers --mm_vision_moe_lr 2e-5).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -15,7 +15,7 @@ IMAGE_FOLDER=${IMAGE_FOLDER:-./playground/data}
 VISION_TOWER=${VISION_TOWER:-clipmoe}
 PRETRAIN_DIR=${PRETRAIN_DIR:-./checkpoints/llava-v1.5-7b-clipmoe-pretrain}
 OUTPUT_DIR=${OUTPUT_DIR:-./checkpoints/llava-v1.5-7b-clipmoe}
-GLOBAL_BATCH=128 PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-16} EPOCHS=1
+GLOBAL_BATCH=${GLOBAL_BATCH:-128} DEFAULT_PER_DEVICE=16 EPOCHS=1
 SAVE=(--save_strategy steps --save_steps 50000 --save_total_limit 1)
 
 if [ "$TINY" = "1" ]; then  # a few CPU steps on the tiny LLaVA (TINY_* overrides: see common.sh)
@@ -23,7 +23,7 @@ if [ "$TINY" = "1" ]; then  # a few CPU steps on the tiny LLaVA (TINY_* override
     IMAGE_FOLDER=${TINY_IMAGE_FOLDER:-$TINY_ROOT/images}
     PRETRAIN_DIR=${PRETRAIN_DIR_TINY:-$TINY_ROOT/checkpoints/llava-tiny-clipmoe-pretrain}
     OUTPUT_DIR=${TINY_OUTPUT_DIR:-$TINY_ROOT/checkpoints/llava-tiny-clipmoe-finetune}
-    GLOBAL_BATCH=${TINY_BATCH:-4} PER_DEVICE_BATCH=${TINY_BATCH:-4} SAVE=(--save_strategy no)
+    GLOBAL_BATCH=${TINY_BATCH:-4} DEFAULT_PER_DEVICE=${TINY_BATCH:-4} SAVE=(--save_strategy no)
 fi
 
 ADAPTER=(--pretrain_mm_mlp_adapter "$PRETRAIN_DIR/mm_projector.bin")

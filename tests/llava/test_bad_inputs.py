@@ -146,7 +146,12 @@ SCRIPT_CASES = [
     ("image folder missing", {"IMAGE_FOLDER": "{missing}"}, "--image_folder {missing}: no such directory"),
     ("hostfile missing", {"HOSTFILE": "{missing}"}, "HOSTFILE={missing}: no such file"),
     ("gpus not a number", {"NUM_GPUS": "eight"}, "NUM_GPUS=eight: expected a positive whole number"),
-    ("batch split", {"NUM_GPUS": "3", "CLIPMOE_VISION_TOWER": "{tower}"}, "global batch 256 is not a multiple of per-device batch 32 x 3 ranks"),
+    ("ranks do not divide the batch", {"NUM_GPUS": "3", "CLIPMOE_VISION_TOWER": "{tower}"},
+     "global batch 256 cannot be split over 3 ranks (nodes x GPUs per node): set GLOBAL_BATCH=255"),
+    ("per-device batch too large", {"NUM_GPUS": "16", "CLIPMOE_VISION_TOWER": "{tower}"},
+     "global batch 256 is not a multiple of PER_DEVICE_BATCH=32 x 16 ranks (set PER_DEVICE_BATCH=16"),
+    ("per-device batch no divisor", {"NUM_GPUS": "2", "PER_DEVICE_BATCH": "24", "CLIPMOE_VISION_TOWER": "{tower}"},
+     "(set PER_DEVICE_BATCH=16, or unset it"),
     ("python missing", {"PYTHON": "{missing}"}, "PYTHON={missing}: no such interpreter"),
 ]
 
