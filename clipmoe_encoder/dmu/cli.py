@@ -13,6 +13,11 @@ import typing
 
 from ..argtypes import at_least
 
+# what clipmoe_encoder.dmu.data.image_root_candidates tries (kept here: the parser imports no torch)
+IMAGE_ROOT_HELP = ("folder that relative image paths in the data start from (default: the data file's folder if "
+                   "the first record's image is there, else its parent: ShareGPT4V's and LLaVA's layout, "
+                   "data/sharegpt4v/x.json with images like coco/train2017/y.jpg under data/)")
+
 
 def _optional(kind):
     def parse(text):
@@ -60,7 +65,7 @@ def _add_folder_flags(parser, run_in: str, inputs: str, folder: str, foreign: st
 def _common(parser, out_help="run folder (rerun the same command to resume)"):
     parser.add_argument("--base", required=True, help="dense CLIP directory (save_pretrained + tokenizer + image processor)")
     parser.add_argument("--data", required=True, help="ShareGPT4V/LLaVA JSON, JSONL {image, caption} or img2dataset folder")
-    parser.add_argument("--image-root", default=None, help="where relative image paths start (default: the data file's folder)")
+    parser.add_argument("--image-root", default=None, help=IMAGE_ROOT_HELP)
     parser.add_argument("--out", required=True, help=out_help)
     _add_folder_flags(parser, "--out (its features, stages and model)", "settings, base or data", "--out",
                       "no run of this command")
@@ -86,13 +91,13 @@ def register(subparsers) -> None:
     p = sub.add_parser("table", help="DMU + both baselines + held-out retrieval: the paper's comparison in one table")
     _common(p, "folder: <out>/dmu, <out>/baselines, <out>/table.{json,md}")
     p.add_argument("--eval-data", required=True, help="held-out image-caption pairs (any supported format)")
-    p.add_argument("--eval-image-root", default=None)
+    p.add_argument("--eval-image-root", default=None, help="--image-root of --eval-data (same default)")
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("train", help="one contrastive training run of a dense CLIP or CLIP-MoE directory")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--image-root", default=None)
+    p.add_argument("--image-root", default=None, help=IMAGE_ROOT_HELP)
     p.add_argument("--out", required=True)
     p.add_argument("--mixed-precision", default="auto")
     _add_folder_flags(p, "<out>/<stage-name>", "settings, model or data", "<out>/<stage-name>", "no training run")
@@ -111,7 +116,7 @@ def register(subparsers) -> None:
     p = sub.add_parser("routing", help="per-layer routing statistics (1st/2nd choice, load, entropy) of a CLIP-MoE")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--image-root", default=None)
+    p.add_argument("--image-root", default=None, help=IMAGE_ROOT_HELP)
     p.add_argument("--max-samples", type=at_least(1), default=256)
     p.add_argument("--json", default=None, help="write the statistics here (default: print)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file (default: refuse)")

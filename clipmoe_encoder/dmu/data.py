@@ -36,7 +36,7 @@ def load_records(path, image_root=None, fmt: str = "auto", skip_bad: bool = Fals
     path: a ShareGPT4V or LLaVA JSON list, a JSON list or JSONL file of {"image", "caption"} (a
     "caption" list or "captions" list gives one record per caption), or a folder of
     image + .txt pairs (img2dataset's `files` layout, shard folders nested at any depth).
-    image_root: where relative image paths start (default: the folder holding the file).
+    image_root: where relative image paths start (default: `default_image_root`).
     fmt: "auto" (from the path and the first record) or one of "sharegpt4v", "llava", "jsonl", "folder".
     skip_bad: leave out (and count) records with a missing image or an empty caption instead of
     raising CLIPMoEError.
@@ -49,16 +49,16 @@ def load_records(path, image_root=None, fmt: str = "auto", skip_bad: bool = Fals
         raise CLIPMoEError(f"data format {fmt!r} is not one of {', '.join(FORMATS)}")
     if fmt == "auto":
         fmt = _detect_format(path)
-    root = os.fspath(image_root) if image_root is not None else (path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
-    if image_root is not None and not os.path.isdir(root):
-        raise CLIPMoEError(f"{root}: image root is not a directory")
+    if image_root is not None and not os.path.isdir(image_root):
+        raise CLIPMoEError(f"{os.fspath(image_root)}: image root is not a directory")
     report = {"format": fmt, "total": 0, "kept": 0, "missing_image": 0, "empty_caption": 0, "bad_record": 0}
     if fmt == "folder":
-        raw = _folder_pairs(path)
+        raw = list(_folder_pairs(path))
     elif fmt == "jsonl":
-        raw = _jsonl_pairs(path)
+        raw = list(_jsonl_pairs(path))
     else:
-        raw = _conversation_pairs(path, fmt)
+        raw = list(_conversation_pairs(path, fmt))
+    root = os.fspath(image_root) if image_root is not None else default_image_root(path, raw, skip_bad)
     records = []
     for where, image, caption in raw:
         report["total"] += 1
@@ -69,7 +69,7 @@ def load_records(path, image_root=None, fmt: str = "auto", skip_bad: bool = Fals
             full = image if os.path.isabs(image) else os.path.join(root, image)
             caption = " ".join(caption.split())  # newlines and runs of spaces -> one space
             if not os.path.isfile(full):
-                problem, key = f"{where}: image file {full} does not exist", "missing_image"
+                problem, key = f"{where}: image file {full} does not exist (image root {root})", "missing_image"
             elif not caption:
                 problem, key = f"{where}: empty caption (image {full})", "empty_caption"
         if problem is not None:
@@ -82,6 +82,36 @@ def load_records(path, image_root=None, fmt: str = "auto", skip_bad: bool = Fals
     if not records:
         raise CLIPMoEError(f"{path}: no usable image-caption pairs ({report})")
     return records, report
+
+
+def image_root_candidates(path) -> list[str]:
+    """Where relative image paths may start when no image root is given: the data file's folder (a
+    JSON next to its images), then that folder's parent (ShareGPT4V's and LLaVA's published layout:
+    data/sharegpt4v/*.json with "coco/train2017/x.jpg" meaning data/coco/train2017/x.jpg, as their
+    training scripts pass --image_folder data). A folder of image + .txt pairs is its own root."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        return [path]
+    folder = os.path.dirname(path)
+    return [folder, os.path.dirname(folder)]
+
+
+def default_image_root(path, raw, skip_bad: bool = False) -> str:
+    """The first candidate root (see `image_root_candidates`) under which the first record with a
+    relative image path finds its image (with `skip_bad`, the first record that finds its image
+    under any). None does: CLIPMoEError naming the first such image, its record and every root
+    tried, checked before anything slow."""
+    candidates = image_root_candidates(path)
+    relative = [(where, image) for where, image, _ in raw if image is not None and not os.path.isabs(image)]
+    if not relative or len(candidates) == 1:
+        return candidates[0]
+    for _, image in relative if skip_bad else relative[:1]:
+        for root in candidates:
+            if os.path.isfile(os.path.join(root, image)):
+                return root
+    where, image = relative[0]
+    raise CLIPMoEError(f"{where}: image {image} is under none of the image roots tried ({', '.join(candidates)}); "
+                       "pass --image-root with the folder its path starts from (or --skip-bad to leave such records out)")
 
 
 def _detect_format(path: str) -> str:

@@ -17,6 +17,7 @@ import os
 
 from ..argtypes import at_least
 from ..errors import CLIPMoEError
+from .cli import IMAGE_ROOT_HELP
 
 
 def held_out_indices(count: int, holdout: int, seed: int) -> set[int]:
@@ -44,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("data", help="ShareGPT4V/LLaVA JSON, JSONL {image, caption} or img2dataset folder")
     p.add_argument("--holdout", type=at_least(1), required=True, help="how many records to hold out (the paper: 10000)")
     p.add_argument("--seed", type=int, default=0, help="which records are held out (default: 0)")
-    p.add_argument("--image-root", default=None, help="where relative image paths start (default: the data file's folder)")
+    p.add_argument("--image-root", default=None, help=IMAGE_ROOT_HELP)
     p.add_argument("--out-train", required=True, help="JSONL file for the remaining records (train DMU on it); never overwritten")
     p.add_argument("--out-heldout", required=True, help="JSONL file for the held-out records (evaluate on it); never overwritten")
     p.set_defaults(func=cmd_split)

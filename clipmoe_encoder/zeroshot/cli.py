@@ -32,7 +32,7 @@ def register(subparsers) -> None:
                         "e.g. the held-out file of `clipmoe dmu split`")
     r.add_argument("--annotations", required=True, help="the annotation file of --dataset")
     r.add_argument("--images", default=None, help="image folder (required except for --dataset json, where relative paths "
-                                                  "start at the data file's folder unless given, as DMU's --image-root)")
+                                                  "start at the data file's folder or its parent unless given, as DMU's --image-root)")
     r.add_argument("--skip-bad", action="store_true", help="--dataset json: leave out records with a missing image or empty "
                                                            "caption (counted on stderr) instead of stopping at the first")
     r.add_argument("--split", default="test", help="Karpathy split to evaluate (default: test)")

@@ -213,7 +213,7 @@ def read_image_text_json(path, image_root=None, skip_bad: bool = False):
     """Image-caption data in any format DMU trains on (ShareGPT4V / LLaVA JSON, a JSON list or JSONL of
     {"image", "caption" | "captions"}, an img2dataset folder), read by DMU's own reader; records naming
     the same image are merged into one row with all its captions. Relative image paths resolve
-    against image_root, else the data file's folder. Returns (image paths, captions per image, report)."""
+    against image_root, else DMU's default (the data file's folder or its parent). Returns (image paths, captions per image, report)."""
     from ..dmu.data import load_records
 
     records, report = load_records(path, image_root, skip_bad=skip_bad)

@@ -7,7 +7,8 @@
 # 0.1. Deliberate differences: router lr 1e-3 (the official 1e-6 leaves routers at random),
 # bf16 instead of fp16 AMP, a seeded sampler shared by all ranks.
 #
-# One node, 8 GPUs:   DATA=/data/sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json scripts/dmu/dmu_sharegpt4v_8gpu.sh
+# One node, 8 GPUs:   DATA=data/sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json scripts/dmu/dmu_sharegpt4v_8gpu.sh
+#                     (ShareGPT4V's layout: images under data/coco, data/sam, data/llava, ...; IMAGE_ROOT otherwise)
 # Several nodes:      run the same command on every node with NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT set;
 #                     OUT and BASE must be on a filesystem every node sees (checkpoints, features, labels live there).
 # DeepSpeed ZeRO-2:   LAUNCHER=accelerate (uses scripts/dmu/accelerate_deepspeed_zero2.yaml, or ACCELERATE_CONFIG).
@@ -16,7 +17,10 @@
 set -euo pipefail
 
 DATA=${DATA:?set DATA to the ShareGPT4V json (hold out your validation records first)}
-IMAGE_ROOT=${IMAGE_ROOT:-$(dirname "$DATA")}
+# IMAGE_ROOT: the folder the JSON's image paths start from. Default: `clipmoe dmu`'s own (the JSON's
+# folder if the first image is there, else its parent: ShareGPT4V's layout, data/sharegpt4v/*.json
+# with "coco/train2017/x.jpg" under data/).
+IMAGE_ROOT=${IMAGE_ROOT:-}
 OUT=${OUT:-runs/dmu-sharegpt4v-l14-336}
 BASE=${BASE:-checkpoints/clip-vit-large-patch14-336-248}
 NPROC=${NPROC:-8}
@@ -35,7 +39,9 @@ if [ "$NODE_RANK" = 0 ] && [ ! -f "$BASE/config.json" ]; then
 fi
 until [ -f "$BASE/config.json" ]; do sleep 10; done
 
-ARGS=(dmu $SUBCOMMAND --base "$BASE" --data "$DATA" --image-root "$IMAGE_ROOT" --out "$OUT"
+ROOT_ARGS=()
+if [ -n "$IMAGE_ROOT" ]; then ROOT_ARGS=(--image-root "$IMAGE_ROOT"); fi
+ARGS=(dmu $SUBCOMMAND --base "$BASE" --data "$DATA" "${ROOT_ARGS[@]}" --out "$OUT"
   --num-experts 4 --top-k 2 --clusters-per-modality 3 --mcl-epochs 1 --router-epochs 1
   --batch-size 800 --lr-mcl 1e-5 --wd-mcl 0.2 --warmup-steps 200
   --lr-router 1e-3 --wd-router 0.01 --router-trains router --lb-coef 0.01 --z-coef 0 --expert-dropout 0.1

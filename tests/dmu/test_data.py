@@ -35,7 +35,9 @@ def test_llava_caption_is_first_gpt_turn_and_image_root(tmp_path):
     path.write_text(json.dumps(data))
     records, _ = load_records(str(path), image_root=str(tmp_path / "images"), fmt="llava")
     assert records[0].caption == "first answer"
-    with pytest.raises(CLIPMoEError, match="does not exist"):  # default root = the json's folder
+    # default roots: the json's folder, then its parent; the error names the image and both
+    with pytest.raises(CLIPMoEError, match=rf"record 0: image 000.png is under none of the image roots tried "
+                                           rf"\({tmp_path}, {tmp_path.parent}\); pass --image-root"):
         load_records(str(path), fmt="llava")
 
 
