@@ -9,7 +9,11 @@
 #
 # One node, 8 GPUs:   DATA=data/sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json scripts/dmu/dmu_sharegpt4v_8gpu.sh
 #                     (ShareGPT4V's layout: images under data/coco, data/sam, data/llava, ...; IMAGE_ROOT otherwise)
-# Several nodes:      run the same command on every node with NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT set;
+# Several nodes:      run the same command on every node with NNODES, NODE_RANK (0 on the node of MASTER_ADDR),
+#                     MASTER_ADDR (an address of node 0 the others reach), MASTER_PORT set, e.g. on 2 nodes:
+#                       node-1: NNODES=2 NODE_RANK=0 MASTER_ADDR=node-1 DATA=... scripts/dmu/dmu_sharegpt4v_8gpu.sh
+#                       node-2: NNODES=2 NODE_RANK=1 MASTER_ADDR=node-1 DATA=... scripts/dmu/dmu_sharegpt4v_8gpu.sh
+#                     (torchrun, or accelerate with its torchrun launcher: static rendezvous, no ssh between nodes);
 #                     OUT and BASE must be on a filesystem every node sees (checkpoints, features, labels live there).
 # DeepSpeed ZeRO-2:   LAUNCHER=accelerate (uses scripts/dmu/accelerate_deepspeed_zero2.yaml, or ACCELERATE_CONFIG).
 # Rerunning the same command resumes where the run stopped. Extra arguments go to `clipmoe dmu run`.
@@ -32,6 +36,12 @@ LAUNCHER=${LAUNCHER:-torchrun}
 ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-$(dirname "$0")/accelerate_deepspeed_zero2.yaml}
 SUBCOMMAND=${SUBCOMMAND:-run}
 PYTHON=${PYTHON:-python}
+ACCELERATE=${ACCELERATE:-accelerate}
+for var in NPROC NNODES; do
+  [[ "${!var}" =~ ^[1-9][0-9]*$ ]] || { echo "error: $var=${!var}: expected a positive whole number" >&2; exit 2; }
+done
+[[ "$NODE_RANK" =~ ^[0-9]+$ ]] && (( NODE_RANK < NNODES )) || {
+  echo "error: NODE_RANK=$NODE_RANK: expected 0 .. NNODES-1 ($((NNODES - 1)))" >&2; exit 2; }
 
 # The dense base: OpenAI's 336-px L/14 with the text positions stretched 77 -> 248 (node 0 writes it).
 if [ "$NODE_RANK" = 0 ] && [ ! -f "$BASE/config.json" ]; then
@@ -49,9 +59,9 @@ ARGS=(dmu $SUBCOMMAND --base "$BASE" --data "$DATA" "${ROOT_ARGS[@]}" --out "$OU
   --save-every 200 --num-workers 8 --feature-batch-size 1024 --mixed-precision bf16 "$@")
 
 if [ "$LAUNCHER" = accelerate ]; then
-  exec accelerate launch --config_file "$ACCELERATE_CONFIG" --num_machines "$NNODES" --machine_rank "$NODE_RANK" \
+  exec "$ACCELERATE" launch --config_file "$ACCELERATE_CONFIG" --num_machines "$NNODES" --machine_rank "$NODE_RANK" \
     --num_processes $((NPROC * NNODES)) --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" \
     -m clipmoe_encoder.cli "${ARGS[@]}"
 fi
-exec "$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC" \
+exec "$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC" --rdzv_backend static \
   --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" -m clipmoe_encoder.cli "${ARGS[@]}"
