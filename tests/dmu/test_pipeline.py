@@ -104,7 +104,7 @@ def test_rerun_resumes_nothing_to_do_and_refuses_changed_settings(run, capsys):
 def test_resume_compares_content_not_names(run, tmp_path, capsys):
     """The run folder resumes on the same base and data wherever they now live, and refuses (changing
     nothing) when their content changed: an in-place caption edit keeps the path and the count."""
-    from tests.encoder.test_bad_inputs import _hash_tree
+    from tests.one_line_errors import hash_tree
 
     base, data, out, _ = run
     shutil.copytree(os.path.dirname(data), tmp_path / "data")
@@ -124,12 +124,12 @@ def test_resume_compares_content_not_names(run, tmp_path, capsys):
     records[3]["conversations"][1]["value"] = "a purple circle"
     with open(moved[1], "w") as f:
         json.dump(records, f)
-    before = _hash_tree(str(tmp_path / "run"))
+    before = hash_tree(str(tmp_path / "run"))
     capsys.readouterr()
     assert rerun() == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "settings.json" in err and "training data changed" in err and "--restart" in err
-    assert _hash_tree(str(tmp_path / "run")) == before
+    assert hash_tree(str(tmp_path / "run")) == before
 
     shutil.copy(data, moved[1])  # the data as it was, but another base's weights in the same place
     make_base(str(tmp_path / "other_base"), seed=5)
@@ -137,7 +137,7 @@ def test_resume_compares_content_not_names(run, tmp_path, capsys):
     assert rerun() == 2
     err = capsys.readouterr().err
     assert "base model's file 'model.safetensors' changed" in err and "--restart" in err
-    assert _hash_tree(str(tmp_path / "run")) == before
+    assert hash_tree(str(tmp_path / "run")) == before
 
 
 @pytest.mark.slow

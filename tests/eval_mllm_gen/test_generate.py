@@ -255,5 +255,6 @@ def test_merge_without_question_file_concatenates_and_dedupes(tmp_path):
         f.write('{"question_id": 4, "pro')  # a chunk killed mid-line
     out = str(tmp_path / "m.jsonl")
     assert main(["merge", out, a, b]) == 0
-    assert [(r["question_id"], r["text"]) for r in read_lines(out)] == [(1, "x"), (2, "y"), (3, "z")]
+    # the last answer to an id wins, at the first one's place (as the scorers read ids)
+    assert [(r["question_id"], r["text"]) for r in read_lines(out)] == [(1, "x"), (2, "again"), (3, "z")]
     assert main(["merge", out, a, str(tmp_path / "missing.jsonl")]) == 2
