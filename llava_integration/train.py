@@ -15,15 +15,21 @@ Extra arguments:
 
 A user error (unset $CLIPMOE_VISION_TOWER, a missing file, a tower that is not a CLIP-MoE, ...)
 is one `error:` line and exit code 2, found before any model is loaded (`checks.py`).
+
+Rerun into an --output_dir that holds a checkpoint-N, the same command resumes from the newest
+complete one (weights, optimizer, LR schedule, RNG and data position); a resume whose inputs or
+settings changed is refused (`resume.py`).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from dataclasses import dataclass, field
 
 from .checks import check_arguments, exit_on_user_error, pop_debug
+from .resume import claim_output_dir, parse_arguments
 
 
 def _pop_option(argv: list, name: str, default=None):
@@ -76,6 +82,17 @@ def prepare():
     return llava_train
 
 
+def seed_model_init(argv: list) -> None:
+    """Seed the random generators with --seed (transformers' default 42) before LLaVA builds the model:
+    it initialises the new projector before the Trainer seeds, so two runs of one command would
+    otherwise start from different projectors (and a resume could not be checked against a run)."""
+    from transformers import set_seed
+
+    seed = parse_arguments(argv).get("--seed", "42")  # the last one wins, as in LLaVA's parser
+    if seed.isdigit():  # anything else is reported by LLaVA's parser
+        set_seed(int(seed))
+
+
 def main(argv=None):
     """Check the arguments (one `error:` line and exit 2 for a bad one, before any model loads; the
     traceback with --debug or $CLIPMOE_DEBUG=1), then run LLaVA's train() on them."""
@@ -83,8 +100,11 @@ def main(argv=None):
     debug = pop_debug(argv)
     with exit_on_user_error(debug):
         check_arguments(argv)
+        if os.environ.get("RANK", "0") == "0":  # one process records the run (and refuses a changed resume)
+            claim_output_dir(argv)
         attn = _pop_option(argv, "--attn_implementation")
         sys.argv[1:] = argv  # LLaVA's train() parses sys.argv
+        seed_model_init(argv)
         prepare().train(attn_implementation=attn)
 
 

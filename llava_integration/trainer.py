@@ -5,6 +5,8 @@
   own learning rate (`--mm_vision_moe_lr`), declared ZeRO-3 leaf modules, and saved with the
   projector in stage 1 (LLaVA's projector-only save would drop them).
 * saving: views of one ZeRO-3 buffer are copied apart, else safetensors drops all but one.
+* checkpoints: transformers' full, resumable checkpoint in stage 1 too (LLaVA saved the projector
+  only), and a resume starts from the newest complete checkpoint (`resume.py`).
 * DeepSpeed: ZeRO-3's "auto" prefetch bucket size, which old transformers fill as a float, is
   filled as an int (this run's config).
 * transformers >= 4.46/5.0: `tokenizer=` became `processing_class=`; 4.47 dropped `metrics` from
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 
 import torch
 from transformers import Trainer
@@ -22,6 +25,7 @@ from transformers import Trainer
 from clipmoe_encoder.tower import CLIPMoEVisionTower, declare_zero3_leaves
 
 from . import compat
+from .resume import incomplete_checkpoints, newest_complete_checkpoint
 
 with compat.llava_trainer_importable():
     from llava.train.llava_trainer import LLaVATrainer
@@ -95,11 +99,34 @@ class CLIPMoELLaVATrainer(LLaVATrainer):
         return super()._get_train_sampler()
 
     def _save_checkpoint(self, model, trial, metrics=None):
-        if getattr(self.args, "tune_mm_mlp_adapter", False):
-            return LLaVATrainer._save_checkpoint(self, model, trial)  # projector (+ trainable tower) only
+        # transformers' full checkpoint in every stage (DeepSpeed module and optimizer states, LR
+        # scheduler, RNG, trainer_state.json last): what a resume needs. LLaVA's stage-1 checkpoint
+        # held only the projector, so a killed stage 1 could not resume.
         if _SAVE_TAKES_METRICS:
-            return Trainer._save_checkpoint(self, model, trial, metrics=metrics)
-        return Trainer._save_checkpoint(self, model, trial)
+            Trainer._save_checkpoint(self, model, trial, metrics=metrics)
+        else:
+            Trainer._save_checkpoint(self, model, trial)
+        if getattr(self.args, "tune_mm_mlp_adapter", False):
+            # and LLaVA's stage-1 file beside it: projector (+ trained tower parameters) and config
+            LLaVATrainer._save_checkpoint(self, model, trial)
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        # LLaVA's train() passes True when the output folder holds any checkpoint-*, and transformers
+        # then takes the highest-numbered one even if a kill cut its saving short: take the newest
+        # complete one instead (none: start afresh).
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = self._checkpoint_to_resume()
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _checkpoint_to_resume(self):
+        output_dir = self.args.output_dir
+        checkpoint = newest_complete_checkpoint(output_dir)
+        if self.is_world_process_zero():
+            for skipped in incomplete_checkpoints(output_dir):
+                print(f"resume: skipping {skipped} (incomplete: no trainer_state.json naming its step)", file=sys.stderr)
+            print(f"resume: continuing from {checkpoint}" if checkpoint else
+                  f"resume: no complete checkpoint in {output_dir}, starting afresh", file=sys.stderr)
+        return checkpoint
 
 
 def unshare_views(state_dict: dict) -> dict:

@@ -12,9 +12,12 @@
 #   GLOBAL_BATCH  the stage's global batch (default: the published one)
 #   PER_DEVICE_BATCH  per-GPU batch (default: the largest <= the stage's default that splits the global
 #     batch exactly over the ranks; the rest is gradient accumulation)
+#   SAVE_STEPS    save a resumable checkpoint (checkpoint-N in OUTPUT_DIR, the last one kept) every N
+#     optimizer steps (default: the stage's published setting; tiny mode: none). Rerunning the same
+#     command after a crash resumes from the newest complete checkpoint (docs/llava.md).
 # With HOSTFILE, the run's variables (CLIPMOE_*, HF_*, TRANSFORMERS_*, ...) reach every node through a
 # DeepSpeed env file of this run that also keeps the lines of the user's .deepspeed_env.
-# Each script sets its stage (MODEL, DATA_PATH, ..., GLOBAL_BATCH, DEFAULT_PER_DEVICE, EPOCHS, SAVE)
+# Each script sets its stage (MODEL, DATA_PATH, ..., GLOBAL_BATCH, DEFAULT_PER_DEVICE, EPOCHS, DEFAULT_SAVE_STEPS)
 # and calls llava_train with its stage flags.
 # A bad setting or argument stops the script with one `error:` line and exit code 2 before the
 # launcher starts (the arguments are checked by `python -m llava_integration.checks`).
@@ -125,6 +128,15 @@ forward_env_to_nodes() {
     export DS_ENV_FILE=$RUN_ENV_FILE
 }
 
+# Checkpointing: every SAVE_STEPS (else the stage's DEFAULT_SAVE_STEPS; empty: no checkpoints) optimizer
+# steps, only the newest kept. Sets SAVE.
+save_settings() {  # default_steps
+    local steps=${SAVE_STEPS:-$1}
+    if [ -z "$steps" ]; then SAVE=(--save_strategy no); return; fi
+    [[ "$steps" =~ ^[1-9][0-9]*$ ]] || die "SAVE_STEPS=$steps: expected a positive whole number of optimizer steps"
+    SAVE=(--save_strategy steps --save_steps "$steps" --save_total_limit 1)
+}
+
 # warmup ratio as steps (--warmup_ratio is gone from transformers 5; steps work everywhere)
 warmup_steps() {  # data_json global_batch epochs ratio
     "$PYTHON" - "$@" <<'PY'
@@ -138,35 +150,41 @@ PY
 
 # Launch llava_integration.train with the trainer flags both stages share, then the caller's
 # arguments (stage flags, then the user's extras), so that for a repeated flag the caller's wins.
-# Reads DATA_PATH, GLOBAL_BATCH, DEFAULT_PER_DEVICE, EPOCHS and SAVE from the calling script.
+# Reads DATA_PATH, GLOBAL_BATCH, DEFAULT_PER_DEVICE, EPOCHS and DEFAULT_SAVE_STEPS from the calling script.
 llava_train() {
     # The caller's arguments name every file and the tower: checked before anything reads them.
     "$PYTHON" -m llava_integration.checks "$@"
     split_batch "$GLOBAL_BATCH" "$DEFAULT_PER_DEVICE"
+    save_settings "$DEFAULT_SAVE_STEPS"
     # A plain assignment, not $(...) inside the argument list below: there a failure would be
     # ignored even with set -e and training would start.
     local warmup
     warmup=$(warmup_steps "$DATA_PATH" "$GLOBAL_BATCH" "$EPOCHS" 0.03)
     if [ "$MULTI_NODE" = "1" ]; then forward_env_to_nodes; fi
-    echo "batch: global $GLOBAL_BATCH = per-device $PER_DEVICE x $WORLD_SIZE ranks x accumulation $ACCUM" >&2
-    "${LAUNCH[@]}" --module llava_integration.train \
-        --mm_vision_select_layer -2 \
-        --mm_use_im_start_end False \
-        --mm_use_im_patch_token False \
-        "${PRECISION[@]}" \
-        --num_train_epochs "$EPOCHS" "${STEPS[@]}" \
-        --per_device_train_batch_size "$PER_DEVICE" \
-        --per_device_eval_batch_size 4 \
-        --gradient_accumulation_steps "$ACCUM" \
-        "${SAVE[@]}" \
-        --weight_decay 0. \
-        --warmup_steps "$warmup" \
-        --lr_scheduler_type cosine \
-        --logging_steps 1 \
-        --model_max_length "$LENGTH" \
-        --gradient_checkpointing True \
-        --dataloader_num_workers "$WORKERS" \
-        --lazy_preprocess True \
-        --report_to "$REPORT" \
+    local args=(
+        --mm_vision_select_layer -2
+        --mm_use_im_start_end False
+        --mm_use_im_patch_token False
+        "${PRECISION[@]}"
+        --num_train_epochs "$EPOCHS" "${STEPS[@]}"
+        --per_device_train_batch_size "$PER_DEVICE"
+        --per_device_eval_batch_size 4
+        --gradient_accumulation_steps "$ACCUM"
+        "${SAVE[@]}"
+        --weight_decay 0.
+        --warmup_steps "$warmup"
+        --lr_scheduler_type cosine
+        --logging_steps 1
+        --model_max_length "$LENGTH"
+        --gradient_checkpointing True
+        --dataloader_num_workers "$WORKERS"
+        --lazy_preprocess True
+        --report_to "$REPORT"
         "$@"
+    )
+    # A rerun into an output folder with a checkpoint resumes it: refused here, before the launcher,
+    # when the run's inputs or settings changed (llava_integration/resume.py).
+    "$PYTHON" -m llava_integration.resume "${args[@]}"
+    echo "batch: global $GLOBAL_BATCH = per-device $PER_DEVICE x $WORLD_SIZE ranks x accumulation $ACCUM" >&2
+    "${LAUNCH[@]}" --module llava_integration.train "${args[@]}"
 }

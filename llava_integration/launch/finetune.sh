@@ -5,7 +5,7 @@
 #   MODEL (lmsys/vicuna-7b-v1.5)  DATA_PATH  IMAGE_FOLDER  VISION_TOWER (clipmoe)
 #   PRETRAIN_DIR (stage-1 output, holds mm_projector.bin; "none" when MODEL is already a LLaVA checkpoint)
 #   OUTPUT_DIR (name must contain "llava")
-#   PER_DEVICE_BATCH (default <= 16, see common.sh)  GLOBAL_BATCH (128)  + the launch settings of common.sh
+#   SAVE_STEPS (50000)  PER_DEVICE_BATCH (default <= 16, see common.sh)  GLOBAL_BATCH (128)  + the launch settings of common.sh
 # Extra arguments are passed on to the trainer (e.g. --mm_vision_moe_tune routers --mm_vision_moe_lr 2e-5).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -16,14 +16,14 @@ VISION_TOWER=${VISION_TOWER:-clipmoe}
 PRETRAIN_DIR=${PRETRAIN_DIR:-./checkpoints/llava-v1.5-7b-clipmoe-pretrain}
 OUTPUT_DIR=${OUTPUT_DIR:-./checkpoints/llava-v1.5-7b-clipmoe}
 GLOBAL_BATCH=${GLOBAL_BATCH:-128} DEFAULT_PER_DEVICE=16 EPOCHS=1
-SAVE=(--save_strategy steps --save_steps 50000 --save_total_limit 1)
+DEFAULT_SAVE_STEPS=50000  # SAVE_STEPS overrides (common.sh)
 
 if [ "$TINY" = "1" ]; then  # a few CPU steps on the tiny LLaVA (TINY_* overrides: see common.sh)
     MODEL=${TINY_MODEL:-$TINY_ROOT/llm} DATA_PATH=${TINY_DATA_PATH:-$TINY_ROOT/finetune.json}
     IMAGE_FOLDER=${TINY_IMAGE_FOLDER:-$TINY_ROOT/images}
     PRETRAIN_DIR=${PRETRAIN_DIR_TINY:-$TINY_ROOT/checkpoints/llava-tiny-clipmoe-pretrain}
     OUTPUT_DIR=${TINY_OUTPUT_DIR:-$TINY_ROOT/checkpoints/llava-tiny-clipmoe-finetune}
-    GLOBAL_BATCH=${TINY_BATCH:-4} DEFAULT_PER_DEVICE=${TINY_BATCH:-4} SAVE=(--save_strategy no)
+    GLOBAL_BATCH=${TINY_BATCH:-4} DEFAULT_PER_DEVICE=${TINY_BATCH:-4} DEFAULT_SAVE_STEPS=
 fi
 
 ADAPTER=(--pretrain_mm_mlp_adapter "$PRETRAIN_DIR/mm_projector.bin")
