@@ -150,3 +150,13 @@ def test_pretrain_zero2_killed_after_a_checkpoint_resumes_to_the_uninterrupted_r
         return len(routers) == 2 and any("mm_projector" in k for k in state)
 
     check_stage_resumes("pretrain.sh", world, tmp_path, data_copy("pretrain.json"), _projector_and_routers, trained)
+
+
+def test_finetune_zero3_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(world, tmp_path, data_copy):
+    def trained(state):
+        return any(".mlp.router." in k for k in state) and any("mm_projector" in k for k in state) and any(
+            "layers.0.self_attn" in k for k in state)
+
+    # from the base LLM with a fresh projector (seeded: both runs start from the same one)
+    check_stage_resumes("finetune.sh", world, tmp_path, data_copy("finetune.json"), _full_model, trained,
+                        PRETRAIN_DIR_TINY="none")
