@@ -11,6 +11,9 @@ and the trainer. Nothing here changes torch, and nothing changes transformers fo
   only); the trainer signature changes are handled by `llava_integration.trainer.CLIPMoELLaVATrainer`.
 * DeepSpeed: old transformers fill ZeRO-3's "auto" prefetch bucket size with a float that new
   DeepSpeed refuses (filled as an int first, in the run's own config).
+* resume: transformers < 4.48 reads its RNG file (numpy's RNG state inside) with torch.load's
+  default, weights_only since torch 2.6, which refuses numpy arrays: the trainer reads it with
+  numpy's array types allowed (`numpy_arrays_loadable`), still weights_only.
 * CPU: LLaVA's DeepSpeed save calls `torch.cuda.synchronize()`, which fails without CUDA (LLaVA's
   save function is wrapped; torch is left alone).
 """
@@ -110,3 +113,13 @@ def apply() -> None:
     """The shims LLaVA's models need for inference (safe to call more than once)."""
     for cls in llava_causal_lm_classes():
         patch_forward_keywords(cls)
+
+
+def numpy_arrays_loadable():
+    """A context in which torch.load(weights_only=True) accepts numpy arrays and dtypes (an RNG state
+    file), and nothing more. transformers >= 4.48 does the same in its own RNG loading."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    return torch.serialization.safe_globals(
+        [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))])

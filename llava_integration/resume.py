@@ -17,7 +17,6 @@ output directory holds any checkpoint-*. Two gaps are closed here:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -70,26 +69,9 @@ def incomplete_checkpoints(output_dir: str) -> list[str]:
                   if _CHECKPOINT.match(n) and os.path.join(output_dir, n) not in complete)
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_fingerprint(path: str, previous: dict | None) -> dict:
-    """size, mtime and sha256 of a file; the recorded hash is kept when size and mtime match
-    `previous` (a resume does not re-read gigabytes)."""
-    st = os.stat(path)
-    known = previous or {}
-    same = known.get("size") == st.st_size and known.get("mtime_ns") == st.st_mtime_ns and "sha256" in known
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": known["sha256"] if same else _sha256(path)}
-
-
 def _input_fingerprint(flag: str, value: str, previous: dict | None) -> dict:
     from clipmoe_encoder.checkpoint_io import looks_local
-    from clipmoe_encoder.dmu.runfolder import base_fingerprint
+    from clipmoe_encoder.dmu.runfolder import base_fingerprint, file_fingerprint
     from clipmoe_encoder.tower import is_clipmoe_tower_name, resolve_tower_source
 
     source = resolve_tower_source(value) if flag == "--vision_tower" and is_clipmoe_tower_name(value) else value
@@ -97,7 +79,7 @@ def _input_fingerprint(flag: str, value: str, previous: dict | None) -> dict:
     if os.path.isdir(source):
         return {"source": source, "files": base_fingerprint(source, previous.get("files"))}
     if os.path.isfile(source):
-        return {"source": source, "file": _file_fingerprint(source, previous.get("file"))}
+        return {"source": source, "file": file_fingerprint(source, previous.get("file"))}
     if looks_local(source):  # the earlier checks name a missing local path
         return {"source": source, "missing": True}
     return {"source": source, "hub_id": source}
@@ -169,17 +151,10 @@ def describe_change(saved: dict, now: dict) -> str | None:
 
 
 def read_run_file(output_dir: str) -> dict | None:
-    path = os.path.join(output_dir, RUN_FILE)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-    except (OSError, ValueError) as err:
-        raise CLIPMoEError(f"{path}: unreadable ({err}); remove it and the checkpoint-* folders to start afresh") from None
-    if not isinstance(saved, dict) or "arguments" not in saved:
-        raise CLIPMoEError(f"{path}: not a run record of llava_integration.train (no field 'arguments')")
-    return saved
+    from clipmoe_encoder.dmu.runfolder import read_record
+
+    return read_record(os.path.join(output_dir, RUN_FILE), "arguments", "a run record of llava_integration.train",
+                       "remove it and the checkpoint-* folders to start afresh")
 
 
 def check_resume(argv: list[str]) -> dict | None:

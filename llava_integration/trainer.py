@@ -118,6 +118,10 @@ class CLIPMoELLaVATrainer(LLaVATrainer):
             resume_from_checkpoint = self._checkpoint_to_resume()
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
+    def _load_rng_state(self, checkpoint):
+        with compat.numpy_arrays_loadable():  # transformers 4.37 on torch >= 2.6 (compat.py)
+            return super()._load_rng_state(checkpoint)
+
     def _checkpoint_to_resume(self):
         output_dir = self.args.output_dir
         checkpoint = newest_complete_checkpoint(output_dir)

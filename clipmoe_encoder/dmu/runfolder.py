@@ -36,16 +36,21 @@ def _is_run_entry(name: str) -> bool:
 
 def read_saved(out_dir: str) -> dict | None:
     """settings.json of a run folder, or None when there is none; a damaged one is an error."""
-    path = os.path.join(out_dir, SETTINGS)
+    return read_record(os.path.join(out_dir, SETTINGS), "pipeline", "the settings of a clipmoe dmu run", _RESTART)
+
+
+def read_record(path: str, field: str, what: str, remedy: str) -> dict | None:
+    """A JSON object a run wrote about itself, or None when the file is absent; one that is not JSON,
+    or lacks `field`, is an error naming the file, what it should be and `remedy`."""
     if not os.path.isfile(path):
         return None
     try:
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CLIPMoEError(f"{path}: not valid JSON ({err}); {_RESTART}") from None
-    if not isinstance(saved, dict) or "pipeline" not in saved:
-        raise CLIPMoEError(f"{path}: not the settings of a clipmoe dmu run (no field 'pipeline'); {_RESTART}")
+        raise CLIPMoEError(f"{path}: not valid JSON ({err}); {remedy}") from None
+    if not isinstance(saved, dict) or field not in saved:
+        raise CLIPMoEError(f"{path}: not {what} (no field {field!r}); {remedy}")
     return saved
 
 
@@ -69,16 +74,16 @@ def base_fingerprint(base_dir: str, previous: dict | None = None) -> dict:
     """{file name: {size, mtime_ns, sha256}} of the base directory's files. A file whose size and
     mtime match `previous` keeps its recorded hash (a resume does not re-read gigabytes of weights)."""
     previous = previous or {}
-    out = {}
-    for name in sorted(os.listdir(base_dir)):
-        path = os.path.join(base_dir, name)
-        if not os.path.isfile(path):
-            continue
-        st = os.stat(path)
-        known = previous.get(name) or {}
-        same = known.get("size") == st.st_size and known.get("mtime_ns") == st.st_mtime_ns and "sha256" in known
-        out[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": known["sha256"] if same else sha256_file(path)}
-    return out
+    return {name: file_fingerprint(os.path.join(base_dir, name), previous.get(name))
+            for name in sorted(os.listdir(base_dir)) if os.path.isfile(os.path.join(base_dir, name))}
+
+
+def file_fingerprint(path: str, known: dict | None = None) -> dict:
+    """{size, mtime_ns, sha256} of a file; the hash in `known` is kept when size and mtime match it."""
+    st = os.stat(path)
+    known = known or {}
+    same = known.get("size") == st.st_size and known.get("mtime_ns") == st.st_mtime_ns and "sha256" in known
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": known["sha256"] if same else sha256_file(path)}
 
 
 def data_fingerprint(data_path: str, records, image_root=None) -> dict:

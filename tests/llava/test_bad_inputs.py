@@ -153,6 +153,8 @@ SCRIPT_CASES = [
     ("per-device batch no divisor", {"NUM_GPUS": "2", "PER_DEVICE_BATCH": "24", "CLIPMOE_VISION_TOWER": "{tower}"},
      "(set PER_DEVICE_BATCH=16, or unset it"),
     ("python missing", {"PYTHON": "{missing}"}, "PYTHON={missing}: no such interpreter"),
+    ("save steps not a number", {"SAVE_STEPS": "1e3", "CLIPMOE_VISION_TOWER": "{tower}"},
+     "SAVE_STEPS=1e3: expected a positive whole number of optimizer steps"),
 ]
 
 
