@@ -1,7 +1,7 @@
 """A LLaVA stage killed with SIGKILL after a checkpoint resumes when the same script command is rerun.
 
-Each stage runs through its script under the DeepSpeed launcher on CPU (tiny LLaVA, routers trained
-with their own learning rate): once uninterrupted, once killed (the whole process group, as a lost
+Each stage runs through its script under the DeepSpeed launcher on CPU (tiny LLaVA; the tower's
+routers train in stage 1, routers and experts in stage 2, with their own learning rate): once uninterrupted, once killed (the whole process group, as a lost
 node or an out-of-memory kill would) as soon as a complete checkpoint exists, then rerun. Stage 1
 (pretrain.sh) runs ZeRO-2, stage 2 (finetune.sh) ZeRO-3. The run spans two epochs, so the resume
 also crosses an epoch boundary (a reshuffle) after skipping the batches already seen.
@@ -30,7 +30,8 @@ from .test_scripts import REPO, _free_port
 pytestmark = [pytest.mark.slow, pytest.mark.legacy]
 
 STEPS, SAVE_STEPS, BATCH = 12, 2, 2  # 12 pretrain samples / batch 2: two epochs of 6 steps
-TUNE = ("--mm_vision_moe_tune", "routers", "--mm_vision_moe_lr", "1e-2")
+ROUTERS = ("--mm_vision_moe_tune", "routers", "--mm_vision_moe_lr", "1e-2")
+EXPERTS = ("--mm_vision_moe_tune", "routers_experts", "--mm_vision_moe_lr", "1e-2")
 LOG_LINE = re.compile(r"\{'loss': [^}]*\}")
 
 
@@ -46,7 +47,7 @@ def script_env(world, out_dir, data, **extra):
 
 
 def start(script, env, *args):
-    return subprocess.Popen(["bash", os.path.join(REPO, "scripts", "llava", script), *TUNE, *args], cwd=REPO, env=env,
+    return subprocess.Popen(["bash", os.path.join(REPO, "scripts", "llava", script), *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -61,9 +62,9 @@ def losses(log):
     return [eval(m.group(0))["loss"] for m in LOG_LINE.finditer(log)]  # noqa: S307 - our own trainer's log lines
 
 
-def kill_after_first_checkpoint(script, env, out_dir):
+def kill_after_first_checkpoint(script, tune, env, out_dir):
     """Start the stage, SIGKILL its process group once a complete checkpoint exists; the checkpoint's step."""
-    proc = start(script, env)
+    proc = start(script, env, *tune)
     deadline = time.monotonic() + 600
     while not complete_checkpoints(out_dir):
         assert proc.poll() is None, f"the run ended before its first checkpoint:\n{proc.stdout.read()[-3000:]}"
@@ -86,17 +87,17 @@ def simulate_kill_while_saving(out_dir, step):
     return partial
 
 
-def check_stage_resumes(script, world, tmp_path, data, read_result, compare_keys, **extra_env):
+def check_stage_resumes(script, tune, world, tmp_path, data, read_result, compare_keys, **extra_env):
     whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
-    code, log_whole = run(script, script_env(world, whole, data, **extra_env))
+    code, log_whole = run(script, script_env(world, whole, data, **extra_env), *tune)
     assert code == 0, log_whole[-4000:]
 
     env = script_env(world, killed, data, **extra_env)
-    step = kill_after_first_checkpoint(script, env, killed)
+    step = kill_after_first_checkpoint(script, tune, env, killed)
     partial = simulate_kill_while_saving(killed, step + 1)
 
     # a rerun with other settings or other data content is refused before the launcher starts
-    code, log = run(script, env, "--mm_vision_moe_lr", "2e-2")
+    code, log = run(script, env, *tune, "--mm_vision_moe_lr", "2e-2")
     assert code == 2 and log.count("\n") == 1 and log.startswith("error: --output_dir"), log[-2000:]
     assert "--mm_vision_moe_lr was 1e-2, now 2e-2" in log, log
     with open(data) as f:
@@ -105,12 +106,12 @@ def check_stage_resumes(script, world, tmp_path, data, read_result, compare_keys
     records[0]["conversations"][-1]["value"] += " (edited)"
     with open(data, "w") as f:
         json.dump(records, f)
-    code, log = run(script, env)
+    code, log = run(script, env, *tune)
     assert code == 2 and f"--data_path {data}: content changed since the run started" in log, log[-2000:]
     with open(data, "w") as f:
         f.write(original)
 
-    code, log = run(script, env)  # the same command again
+    code, log = run(script, env, *tune)  # the same command again
     assert code == 0, log[-4000:]
     assert f"resume: skipping {partial}" in log and f"resume: continuing from {killed}/checkpoint-{step}" in log, log[-4000:]
     resumed_losses = losses(log)
@@ -149,14 +150,20 @@ def test_pretrain_zero2_killed_after_a_checkpoint_resumes_to_the_uninterrupted_r
         routers = [k for k in state if ".mlp.router." in k]
         return len(routers) == 2 and any("mm_projector" in k for k in state)
 
-    check_stage_resumes("pretrain.sh", world, tmp_path, data_copy("pretrain.json"), _projector_and_routers, trained)
+    check_stage_resumes("pretrain.sh", ROUTERS, world, tmp_path, data_copy("pretrain.json"), _projector_and_routers, trained)
 
 
 def test_finetune_zero3_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(world, tmp_path, data_copy):
-    def trained(state):
-        return any(".mlp.router." in k for k in state) and any("mm_projector" in k for k in state) and any(
-            "layers.0.self_attn" in k for k in state)
+    from safetensors.torch import load_file
+
+    source = load_file(os.path.join(world.tower, "model.safetensors"))
+
+    def trained(state):  # the experts trained: they moved away from the tower checkpoint's
+        prefix = "model.vision_tower.vision_tower."
+        experts = [k for k in state if k.startswith(prefix) and ".experts." in k]
+        moved = [k for k in experts if not torch.equal(state[k], source[k[len(prefix):]].to(state[k].dtype))]
+        return moved and any(".mlp.router." in k for k in state) and any("mm_projector" in k for k in state)
 
     # from the base LLM with a fresh projector (seeded: both runs start from the same one)
-    check_stage_resumes("finetune.sh", world, tmp_path, data_copy("finetune.json"), _full_model, trained,
+    check_stage_resumes("finetune.sh", EXPERTS, world, tmp_path, data_copy("finetune.json"), _full_model, trained,
                         PRETRAIN_DIR_TINY="none")
