@@ -183,8 +183,12 @@ def claim_output_dir(argv: list[str]) -> None:
     output_dir = parse_arguments(argv).get("--output_dir")
     if output_dir is None or newest_complete_checkpoint(output_dir) is not None:
         return
+    try:  # an earlier run's record: its hashes are reused for files whose size and mtime are unchanged
+        previous = read_run_file(output_dir)
+    except CLIPMoEError:  # damaged: replaced by this run's
+        previous = None
     os.makedirs(output_dir, exist_ok=True)
-    write_text_atomic(os.path.join(output_dir, RUN_FILE), json.dumps(run_fingerprint(argv), indent=1))
+    write_text_atomic(os.path.join(output_dir, RUN_FILE), json.dumps(run_fingerprint(argv, previous), indent=1))
 
 
 def main(argv=None) -> int:

@@ -109,6 +109,9 @@ def test_only_a_folder_with_a_complete_checkpoint_is_checked(run_inputs):
     check_resume(argv + ["--learning_rate", "5"])
     claim_output_dir(argv + ["--learning_rate", "5"])  # ... and records the new run
     assert json.loads((out / RUN_FILE).read_text())["arguments"]["--learning_rate"] == "5"
+    (out / RUN_FILE).write_text("{damaged")  # nothing to resume: a damaged record is replaced
+    claim_output_dir(argv)
+    assert json.loads((out / RUN_FILE).read_text())["arguments"]["--learning_rate"] == "1e-3"
 
 
 def test_world_size_change_is_refused(run_inputs, monkeypatch):
