@@ -64,9 +64,12 @@ def _collate(rows: list[list[int]]):
 
 
 def train_language_model(model_dir: str, texts: list[str], steps: int, batch: int, lr: float, seed: int,
-                         max_length: int = 256, log_every: int = 10) -> list[dict]:
+                         max_length: int = 256, log_every: int = 10, log=None, progress_every: float = 30.0) -> list[dict]:
     """Causal-LM training of the Llama in model_dir on texts (AdamW, warmup then cosine); saves
-    the model back and returns the loss history [{"step", "loss"}]."""
+    the model back and returns the loss history [{"step", "loss"}]. log: a progress line
+    (step/total, loss, ETA) at most every progress_every seconds."""
+    from .progress import Throttle, progress_line
+
     import torch
     from transformers import (
         AutoTokenizer,
@@ -82,6 +85,7 @@ def train_language_model(model_dir: str, texts: list[str], steps: int, batch: in
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     history, window = [], []
+    throttle = Throttle(progress_every)
     for step, rows in enumerate(_batches(encoded, batch, steps, seed), start=1):
         ids, mask, labels = _collate(rows)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -94,6 +98,8 @@ def train_language_model(model_dir: str, texts: list[str], steps: int, batch: in
         if step % log_every == 0 or step == steps:
             history.append({"step": step, "loss": sum(window) / len(window)})
             window = []
+            if log and throttle.due(final=step == steps):
+                log(progress_line("language model", step, steps, history[-1]["loss"], throttle.eta(step, steps)))
     model.save_pretrained(model_dir)
     return history
 
@@ -112,9 +118,9 @@ def build_untrained(out_dir: str, data_paths: dict, plan) -> None:
                    intermediate_size=2 * plan.llm_hidden, num_hidden_layers=plan.llm_layers)
 
 
-def build_language_model(out_dir: str, data_paths: dict, plan) -> dict:
+def build_language_model(out_dir: str, data_paths: dict, plan, log=None, progress_every: float = 30.0) -> dict:
     """Tokenizer + Llama + LM training (plan: llava_runs.LlavaPlan); returns
-    {"dir", "history", "seconds", "reused"}."""
+    {"dir", "history", "seconds", "reused"}. log, progress_every: see train_language_model."""
     from dataclasses import asdict
 
     marker = os.path.join(out_dir, DONE_MARKER)
@@ -127,7 +133,7 @@ def build_language_model(out_dir: str, data_paths: dict, plan) -> dict:
     start = time.perf_counter()
     build_untrained(out_dir, data_paths, plan)
     history = train_language_model(out_dir, conversation_texts(data_paths), plan.lm_steps, plan.batch, plan.lm_lr,
-                                   plan.seed)
+                                   plan.seed, log=log, progress_every=progress_every)
     seconds = time.perf_counter() - start
     tmp = marker + ".tmp"
     with open(tmp, "w") as f:

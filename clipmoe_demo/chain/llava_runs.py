@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 
 from llava_integration import launch_dir
 
@@ -149,7 +150,7 @@ def _script(name: str, env_overrides: dict, extra: list[str], log_path: str) -> 
 
 
 def _stage(name: str, out_dir: str, env_overrides: dict, extra: list[str], log_path: str,
-           plan: LlavaPlan) -> tuple[float, bool]:
+           plan: LlavaPlan, on_start=None) -> tuple[float, bool]:
     """Run one training script unless an earlier run of the chain finished it with the same
     settings (the marker is written only after the script exited 0, so a killed stage is redone
     from its start, and a stage of another mode or plan is redone). Returns (seconds, reused)."""
@@ -160,6 +161,8 @@ def _stage(name: str, out_dir: str, env_overrides: dict, extra: list[str], log_p
             done = json.load(f)
         if done.get("settings") == settings:
             return done["seconds"], True
+    if on_start:
+        on_start(log_path)
     seconds = _script(name, env_overrides, extra, log_path)
     tmp = marker + ".tmp"
     with open(tmp, "w") as f:
@@ -169,8 +172,17 @@ def _stage(name: str, out_dir: str, env_overrides: dict, extra: list[str], log_p
 
 
 def train_run(name: str, tower: str, llm_dir: str, data_paths: dict, image_folder: str, run_dir: str,
-              plan: LlavaPlan) -> dict:
-    """Stage 1 (projector, ZeRO-2) then stage 2 (projector + LLM, ZeRO-3), tower frozen in both."""
+              plan: LlavaPlan, current: dict | None = None) -> dict:
+    """Stage 1 (projector, ZeRO-2) then stage 2 (projector + LLM, ZeRO-3), tower frozen in both.
+    current: {run: (stage, reader of its log)} of the stage being trained, for the console's
+    progress lines (progress.ProgressFollower)."""
+    from .progress import trainer_log_state
+
+    current = {} if current is None else current
+
+    def following(stage):
+        return lambda log_path: current.__setitem__(f"llava-{name}", (stage, partial(trainer_log_state, log_path)))
+
     os.makedirs(run_dir, exist_ok=True)
     stage1 = os.path.join(run_dir, "stage1")
     stage2 = os.path.join(run_dir, "llava-stage2")  # LLaVA's loader wants "llava" in the name
@@ -182,13 +194,16 @@ def train_run(name: str, tower: str, llm_dir: str, data_paths: dict, image_folde
     seconds["stage1"], reused["stage1"] = _stage(
         "pretrain.sh", stage1, dict(common, TINY_DATA_PATH=data_paths["pretrain"], TINY_OUTPUT_DIR=stage1,
                                     TINY_STEPS=str(steps1)),
-        ["--learning_rate", str(plan.stage1_lr), "--seed", str(plan.seed)], os.path.join(run_dir, "stage1.log"), plan)
+        ["--learning_rate", str(plan.stage1_lr), "--seed", str(plan.seed)], os.path.join(run_dir, "stage1.log"), plan,
+        following("stage 1"))
     if not reused["stage1"]:  # a new projector: stage 2 must start from it
         shutil.rmtree(stage2, ignore_errors=True)
     seconds["stage2"], reused["stage2"] = _stage(
         "finetune.sh", stage2, dict(common, TINY_DATA_PATH=data_paths["finetune"], TINY_OUTPUT_DIR=stage2,
                                     PRETRAIN_DIR_TINY=stage1, TINY_STEPS=str(steps2)),
-        ["--learning_rate", str(plan.stage2_lr), "--seed", str(plan.seed)], os.path.join(run_dir, "stage2.log"), plan)
+        ["--learning_rate", str(plan.stage2_lr), "--seed", str(plan.seed)], os.path.join(run_dir, "stage2.log"), plan,
+        following("stage 2"))
+    current.pop(f"llava-{name}", None)
     return {"name": name, "tower": tower, "stage1": stage1, "stage2": stage2, "steps": {"stage1": steps1, "stage2": steps2},
             "seconds": seconds, "reused": reused}
 
@@ -211,6 +226,13 @@ def eval_arguments(model_dir: str, benchmarks: dict, eval_dir: str, plan: LlavaP
             "progress": False}
 
 
+def answers_files(answers_dir: str) -> dict[str, str]:
+    """{benchmark: answers JSONL} of one run's eval_mllm output folder."""
+    from eval_mllm.benchmarks import REGISTRY
+
+    return {name: os.path.join(answers_dir, REGISTRY[name].answers_file) for name in BENCHMARKS}
+
+
 def eval_call(arguments: dict) -> str:
     """The `eval_mllm.run` call as a user writes it (for the report)."""
     return "eval_mllm.run(" + ", ".join(f"{k}={v!r}" for k, v in arguments.items()) + ")"
@@ -228,33 +250,61 @@ def answer_and_score(model_dir: str, benchmarks: dict, eval_dir: str, plan: Llav
     return {name: summary["benchmarks"][name]["metrics"] for name in BENCHMARKS}
 
 
+def _answer_in_child(model_dir: str, benchmarks: dict, eval_dir: str, plan: LlavaPlan, fresh: bool) -> tuple[dict, float]:
+    """answer_and_score in a worker process of its own, on one thread; returns (scores, seconds)."""
+    import torch
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    return answer_and_score(model_dir, benchmarks, eval_dir, plan, fresh), time.perf_counter() - start
+
+
 def run_both(towers: dict, llm_dir: str, data_paths: dict, benchmarks: dict, out_dir: str, plan: LlavaPlan,
-             log=print) -> dict:
-    """Both runs trained side by side, one thread each (the training is in DeepSpeed child
-    processes; each has one core of the two this is sized for), then each checkpoint answers and
-    is scored in this process, one after the other (a model load is not thread-safe)."""
-    from concurrent.futures import ThreadPoolExecutor
+             log=print, progress_every: float = 30.0) -> dict:
+    """Both runs trained side by side, then both checkpoints answer and are scored side by side:
+    each run in a process of its own with one thread (the training in DeepSpeed children, the
+    answers in a spawned worker), one core each of the two this is sized for. On a busy machine
+    one process per core is also the safe choice: the chain's LLM (hidden 128, batch 16) at load 8-11
+    took 1.7-2.9 s a training step with one torch thread and 13-14 s with two (OpenMP threads waiting on each
+    other). A progress line per run every `progress_every` seconds, read from its stage log or
+    its answers files."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    from .progress import AnswerCounter, ProgressFollower
+
+    current: dict = {}
 
     def train(name):
         log(f"[chain] llava-{name}: training ({towers[name]})")
         result = train_run(name, towers[name], llm_dir, data_paths, benchmarks["image_folder"],
-                           os.path.join(out_dir, name), plan)
+                           os.path.join(out_dir, name), plan, current)
         done = "reused from an earlier run" if result["reused"]["stage2"] else "trained"
         log(f"[chain] llava-{name}: {done} ({sum(result['seconds'].values()):.1f} s)")
         return result
 
-    with ThreadPoolExecutor(max_workers=len(RUNS)) as pool:
+    with ThreadPoolExecutor(max_workers=len(RUNS)) as pool, ProgressFollower(current, log, progress_every):
         futures = {name: pool.submit(train, name) for name in RUNS}
         results = {name: f.result() for name, f in futures.items()}
-    for name, result in results.items():
-        log(f"[chain] llava-{name}: answering and scoring")
-        eval_dir = os.path.join(out_dir, name, "eval")
-        start = time.perf_counter()
-        result["scores"] = answer_and_score(result["stage2"], benchmarks, eval_dir, plan,
-                                            fresh=not result["reused"]["stage2"])
-        result["seconds"]["answers + scores"] = time.perf_counter() - start
-        result["answers_dir"] = os.path.join(eval_dir, "answers")
-        result["eval_call"] = eval_call(eval_arguments(result["stage2"], benchmarks, eval_dir, plan))
+    n_questions = sum(benchmarks[b]["n"] for b in BENCHMARKS)
+    futures = {}
+    with ProcessPoolExecutor(max_workers=len(RUNS), mp_context=multiprocessing.get_context("spawn")) as pool, \
+            ProgressFollower(current, log, progress_every):
+        for name, result in results.items():
+            log(f"[chain] llava-{name}: answering and scoring")
+            eval_dir = os.path.join(out_dir, name, "eval")
+            fresh = not result["reused"]["stage2"]
+            if fresh:  # answers of an earlier checkpoint would be resumed, and counted below
+                shutil.rmtree(eval_dir, ignore_errors=True)
+            result["answers_dir"] = os.path.join(eval_dir, "answers")
+            current[f"llava-{name}"] = ("answering", AnswerCounter(list(answers_files(result["answers_dir"]).values()),
+                                                                   n_questions))
+            futures[name] = pool.submit(_answer_in_child, result["stage2"], benchmarks, eval_dir, plan, False)
+        for name, future in futures.items():
+            results[name]["scores"], results[name]["seconds"]["answers + scores"] = future.result()
+            current.pop(f"llava-{name}", None)
+            results[name]["eval_call"] = eval_call(eval_arguments(results[name]["stage2"], benchmarks,
+                                                                  os.path.join(out_dir, name, "eval"), plan))
     return results
 
 

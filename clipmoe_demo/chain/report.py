@@ -40,6 +40,30 @@ def most_common_answer(answers_file: str) -> str:
     return f"{text!r} ({100.0 * count / sum(texts.values()):.0f} %)"
 
 
+def interval_table(intervals: dict) -> str:
+    """The headline scores with their 95 % bootstrap intervals, both runs side by side, and the
+    paired difference: its interval excluding 0 is what "the towers differ" means here."""
+    from .bootstrap import HEADLINES
+
+    first = intervals[HEADLINES[0][0]]
+    runs = list(first["runs"])
+    a, b = first["difference"]["of"]
+
+    def cell(v):
+        return f"{v['value']:.1f} [{v['low']:.1f}, {v['high']:.1f}]"
+
+    lines = [f"| score (percent) [{first['level']:.0f} % bootstrap interval] | "
+             + " | ".join(RUN_LABELS.get(r, r) for r in runs)
+             + f" | difference {a} − {b} | towers differ? |",
+             "|---|" + "---:|" * (len(runs) + 1) + "---|"]
+    for name, label in HEADLINES:
+        diff = intervals[name]["difference"]
+        differ = "yes" if diff["low"] > 0 or diff["high"] < 0 else "no (interval holds 0)"
+        lines.append(f"| {label} | " + " | ".join(cell(intervals[name]["runs"][r]) for r in runs)
+                     + f" | {cell(diff)} | {differ} |")
+    return "\n".join(lines)
+
+
 def benchmark_rows(scores: dict, chance: dict, answers_dirs: dict | None = None) -> list[tuple[str, str, dict]]:
     """(benchmark / metric label, chance text, {run: value}) for the side-by-side table;
     with answers_dirs ({run: folder}) also each run's most common answer per benchmark."""
@@ -178,6 +202,11 @@ def markdown(out_dir: str, summary: dict, loss_figure: str) -> str:
             f"MMBench-style {summary['benchmarks']['mmbench']['n']} questions), answered greedily and scored "
             "in this process by `eval_mllm.run` (the call below)."), ""]
     md += [benchmark_table(summary["scores"], summary["chance"], {r: run["answers_dir"] for r, run in runs.items()}), ""]
+    intervals = summary["intervals"]
+    some = intervals[next(iter(intervals))]
+    md += [(f"Percentile bootstrap over questions ({some['n_resamples']} resamples, seed {some['seed']}; POPE resampled "
+            "within each split); the difference is paired (both runs' answers to the same resampled questions)."), ""]
+    md += [interval_table(intervals), ""]
     md += ["| run | vision tower | stage-1 loss first → last | stage-2 loss first → last |", "|---|---|---:|---:|"]
     for name, run in runs.items():
         cells = []
@@ -195,8 +224,9 @@ def markdown(out_dir: str, summary: dict, loss_figure: str) -> str:
 
     md += ["## 4. Time per stage", ""]
     md += [(f"Wall clock, {os.cpu_count()} CPU(s); 1-minute load average at the start: "
-            f"{summary.get('load_average_1min_at_start')}. The two LLaVA runs train side by side, one core each, so "
-            "their stage times overlap; the chain's LLaVA stage is their wall clock."), ""]
+            f"{summary.get('load_average_1min_at_start')}. The two LLaVA runs train side by side, then answer side "
+            "by side, one process (one torch thread) each, so their times overlap; the chain's LLaVA stage is their "
+            "wall clock."), ""]
     md += ["| stage | seconds |", "|---|---:|"]
     md += [f"| demo: {name} | {sec:.1f} |" for name, sec in demo["timings"].items()]
     md += [f"| {name} | {sec:.1f} |" for name, sec in summary["timings"].items()]

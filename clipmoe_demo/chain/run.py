@@ -11,9 +11,13 @@ import os
 import time
 
 
+# seconds between the console's progress lines of the long phases (LM training, LLaVA stages)
+PROGRESS_EVERY_S = {False: 30.0, True: 10.0}
+
+
 def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
     from ..encoder.run import run_demo
-    from . import data, language_model, llava_runs, report
+    from . import bootstrap, data, language_model, llava_runs, report
 
     start = time.perf_counter()
     out_dir = os.path.abspath(out_dir)
@@ -37,20 +41,26 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
         data.write_benchmarks(world_dir, os.path.join(out_dir, "benchmarks"), plan.n_test, plan.n_train, plan.seed)))
     towers = timed("vision towers from the demo's checkpoints",
                    lambda: llava_runs.tower_names(demo["models"], os.path.join(llava_dir, "towers")))
+    every = PROGRESS_EVERY_S[quick]
+
+    # one torch thread, as the demo left it: see llava_runs.run_both on threads on a busy machine
     llm = timed("language model: tokenizer, Llama, causal-LM training on the world's text",
-                lambda: language_model.build_language_model(os.path.join(llava_dir, "llm"), paths, plan))
+                lambda: language_model.build_language_model(os.path.join(llava_dir, "llm"), paths, plan, log, every))
     runs = timed("LLaVA: both runs (stage 1, stage 2, answers and scores)", lambda: llava_runs.run_both(
-        towers, llm["dir"], paths, benchmarks, llava_dir, plan, log))
+        towers, llm["dir"], paths, benchmarks, llava_dir, plan, log, every))
     scores = {name: run.pop("scores") for name, run in runs.items()}  # scored as each run answered
+    intervals = bootstrap.headline_intervals(
+        benchmarks, {name: llava_runs.answers_files(run["answers_dir"]) for name, run in runs.items()}, seed=plan.seed)
     curves = {name: {stage: report.read_log_history(run[stage]) for stage in ("stage1", "stage2")}
               for name, run in runs.items()}
     summary = {"mode": "quick" if quick else "full", "demo": demo, "demo_dir": demo_dir,
                "plan": llava_runs.plan_dict(plan), "benchmarks": benchmarks, "runs": runs, "scores": scores,
-               "chance": report.chance_levels(benchmarks), "curves": curves, "language_model": llm, "timings": timings,
+               "intervals": intervals, "chance": report.chance_levels(benchmarks), "curves": curves, "language_model": llm, "timings": timings,
                "load_average_1min_at_start": load}
     summary["total_seconds"] = time.perf_counter() - start
     path = report.write_report(out_dir, summary)
     log(report.benchmark_table(scores, summary["chance"], {name: run["answers_dir"] for name, run in runs.items()}))
+    log(report.interval_table(intervals))
     log(f"[chain] total {summary['total_seconds']:.1f} s (with the demo's recorded stage times: "
         f"{report.chain_seconds(summary):.1f} s); report: {path}")
     return summary

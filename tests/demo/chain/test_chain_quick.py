@@ -10,6 +10,7 @@ import re
 import pytest
 
 from clipmoe_demo import cli
+from clipmoe_demo.chain.progress import parse_trainer_output
 from clipmoe_demo.chain.run import run_chain
 
 pytestmark = pytest.mark.slow
@@ -74,6 +75,10 @@ def test_both_runs_trained_with_finite_losses_and_the_same_budget(chain):
         with open(os.path.join(os.path.dirname(runs[run]["stage2"]), "stage2.log")) as f:
             log = f.read()
         assert "tokenization mismatch" not in log and "zero3.json" in log
+        # what the console's progress line reads from the stage log: the last step and loss
+        state = parse_trainer_output(log)
+        assert state["step"] == state["total"] == runs[run]["steps"]["stage2"]
+        assert state["loss"] == pytest.approx(stage2[-1], rel=1e-3)
 
 
 def test_rerun_reuses_finished_stages_and_gives_the_same_scores(chain):
@@ -84,3 +89,18 @@ def test_rerun_reuses_finished_stages_and_gives_the_same_scores(chain):
     assert again["scores"] == results["scores"]
     with open(os.path.join(out, "report.md")) as f:
         assert "reused: finished by an earlier run" in f.read()
+
+
+def test_bootstrap_intervals_hold_the_scores_and_are_in_the_report(chain):
+    from clipmoe_demo.chain.report import interval_table
+
+    _, _, results, report = chain
+    for name, key in (("pope", "accuracy_mean"), ("gqa", "accuracy"), ("mmbench", "accuracy")):
+        interval = results["intervals"][name]
+        for run in ("dense", "clip-moe"):
+            value = interval["runs"][run]
+            assert value["value"] == pytest.approx(results["scores"][run][name][key], abs=1e-9)
+            assert value["low"] <= value["value"] <= value["high"]
+        assert interval["difference"]["value"] == pytest.approx(
+            interval["runs"]["dense"]["value"] - interval["runs"]["clip-moe"]["value"], abs=1e-9)
+    assert interval_table(results["intervals"]) in report  # rendered from what results.json holds
