@@ -186,3 +186,35 @@ def test_training_conversations_pass_llava_label_masking(world, tmp_path):
         n_answers = sum(1 for t in record["conversations"] if t["from"] == "gpt")
         assert int((labels == tokenizer.eos_token_id).sum()) == n_answers  # every answer ends trained
         assert len(batch["input_ids"][0]) - 1 + image_tokens <= 256
+
+
+def test_each_conversation_asks_yes_no_multiple_choice_and_short(world):
+    """Per scene: one existence question answered "Yes" (a present pair), one answered "No" (an
+    absent pair), one lettered multiple choice and one short answer, in a seeded random order."""
+    scenes = W.read_scenes(world, "train")
+    records = D.finetune_records(scenes, seed=0)
+    assert records == D.finetune_records(scenes, seed=0) and records != D.finetune_records(scenes, seed=1)
+    letters, firsts = Counter(), Counter()
+    for scene, record in zip(scenes, records, strict=True):
+        turns = record["conversations"]
+        humans, answers = [t["value"] for t in turns[::2]], [t["value"] for t in turns[1::2]]
+        assert [t["from"] for t in turns] == ["human", "gpt"] * 4
+        assert humans[0].startswith("<image>\n") and not any("<image>" in h for h in humans[1:])
+        kinds = []
+        for human, answer in zip(humans, answers):
+            question = human.removeprefix("<image>\n").split("\n")[0]
+            match = re.fullmatch(r"Is there an? (\w+) (\w+) in the image\?", question)
+            if match:
+                present = tuple(match.groups()) in D.present_pairs(scene)
+                assert answer == ("Yes" if present else "No")
+                kinds.append(answer)
+            elif human.endswith(D.MULTIPLE_CHOICE):
+                kinds.append("mc")
+                letters[answer] += 1
+            else:
+                assert human.endswith(D.SHORT_ANSWER) and answer in D.ANSWER_SPACES[
+                    next(i["type"] for i in D.scene_questions(scene) if i["question"] == question)]
+                kinds.append("short")
+        assert sorted(kinds) == ["No", "Yes", "mc", "short"]
+        firsts[kinds[0]] += 1
+    assert set(letters) == set(D.MC_LETTERS) and len(firsts) >= 3  # letters and turn order vary
