@@ -16,8 +16,9 @@ import numpy as np
 
 N_RESAMPLES = 2000
 # (benchmark, label of its headline score) in the report's order
-HEADLINES = (("pope", "POPE accuracy (mean of splits)"), ("gqa", "GQA-style accuracy"),
-             ("mmbench", "MMBench-style accuracy (single pass)"))
+# (labels differ from the score table's rows: a reader, or a test, tells the two tables apart)
+HEADLINES = (("pope", "POPE accuracy, mean of 3 splits"), ("gqa", "GQA-style accuracy, all questions"),
+             ("mmbench", "MMBench-style accuracy, single pass"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,18 +20,26 @@ DONE_MARKER = "chain_llm_done.json"
 
 def conversation_texts(data_paths: dict) -> list[str]:
     """The training text: every stage-1 caption and every stage-2 conversation as LLaVA's
-    vicuna_v1 template lays it out (the tokens stage 2 trains on, minus the image)."""
+    vicuna_v1 template lays it out (the tokens stage 2 trains on), the image replaced by its
+    caption (the same scene in words, from pretrain.json, matched by id).
+
+    With the caption in place of the image the LM learns to answer from its context: to find
+    "red circle" in the scene's description for "Is there a red circle?", which colour goes
+    with "the star", which letter names it. Stage 1 then maps the image where the caption was.
+    Without it (the conversations with the image just removed) the answers were unpredictable
+    from the text, and the LM learned the answer priors instead (answer "Yes", answer "A")."""
     from llava.conversation import conv_templates
 
     with open(data_paths["pretrain"]) as f:
-        texts = [record["conversations"][1]["value"] for record in json.load(f)]
+        captions = {record["id"]: record["conversations"][1]["value"] for record in json.load(f)}
+    texts = list(captions.values())
     with open(data_paths["finetune"]) as f:
         finetune = json.load(f)
     for record in finetune:
         conv = conv_templates["vicuna_v1"].copy()
         for turn in record["conversations"]:
             role = conv.roles[0] if turn["from"] == "human" else conv.roles[1]
-            conv.append_message(role, turn["value"].replace("<image>", "").strip())
+            conv.append_message(role, turn["value"].replace("<image>", captions.get(record["id"], "")).strip())
         texts.append(conv.get_prompt())
     return texts
 

@@ -30,6 +30,11 @@ def test_texts_are_captions_and_vicuna_conversations_without_images(data_paths):
     assert "<image>" not in conversation and conversation.endswith("</s>")
     last_answer = finetune[-1]["conversations"][-1]["value"]
     assert conversation.endswith(f"ASSISTANT: {last_answer}</s>")
+    # the image's place holds the scene's caption: the answers follow from the context
+    with open(data_paths["pretrain"]) as f:
+        caption = {r["id"]: r["conversations"][1]["value"] for r in json.load(f)}[finetune[-1]["id"]]
+    first_question = finetune[-1]["conversations"][0]["value"].removeprefix("<image>\n")
+    assert f" USER: {caption}\n{first_question} ASSISTANT: " in conversation
 
 
 def test_training_lowers_the_loss_saves_the_model_and_a_rerun_reuses_it(data_paths, tmp_path):
