@@ -224,20 +224,33 @@ def vocabulary() -> list[str]:
 
 
 def classification_tasks() -> dict[str, dict]:
-    """Zero-shot tasks on the main group's attributes. Prompts ensemble over the *other* attribute
-    ("a picture of a red {}." for every colour) so that every prompt is an in-world caption."""
+    """Zero-shot tasks on the main group's attributes. Each class has a list of prompts (its
+    embedding is their normalised mean), every prompt an in-world caption: shape, colour and size
+    prompts ensemble over the other attributes ("a picture of a red {}." for every colour); count
+    prompts are short captions of every colour and shape with that count ("two red circles"), which
+    no single template can write (the noun is plural from two on)."""
     shape_templates = ["a picture of a {}.", "an image of a {}."] + [f"a picture of a {c} {{}}." for c in COLOURS]
     colour_templates = [f"a picture of a {{}} {s}." for s in SHAPES]
-    return {
+    size_templates = [f"a picture of a {{}} {c} {s}." for c in COLOURS for s in SHAPES]
+    tasks = {
         "shape": {"attribute": "shape", "classnames": list(SHAPES), "templates": shape_templates},
         "colour": {"attribute": "colour", "classnames": list(COLOURS), "templates": colour_templates},
+        "size": {"attribute": "size", "classnames": list(SIZES), "templates": size_templates},
     }
+    for spec in tasks.values():
+        spec["prompts"] = [[t.replace("{}", name) for t in spec["templates"]] for name in spec["classnames"]]
+    counts = sorted(COUNT_WORDS)
+    tasks["count"] = {"attribute": "count", "classnames": [str(c) for c in counts], "templates": None,
+                      "prompts": [[f"a picture of {noun_phrase(Group(s, c, 'small', None, n, 'center'), detailed=False)}."
+                                   for c in COLOURS for s in SHAPES] for n in counts]}
+    return tasks
 
 
 def task_label(scene: dict, attribute: str, classnames: list[str]) -> int | None:
     """The class of a scene (dict from Scene.to_dict) for a task, or None when its groups disagree
-    on the attribute: "a picture of a circle" fits a scene with a circle and a star equally well."""
-    values = {g[attribute] for g in scene["groups"]}
+    on the attribute: "a picture of a circle" fits a scene with a circle and a star equally well.
+    Values are compared as text (a count 2 is class "2")."""
+    values = {str(g[attribute]) for g in scene["groups"]}
     return classnames.index(values.pop()) if len(values) == 1 else None
 
 

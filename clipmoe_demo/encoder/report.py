@@ -13,13 +13,16 @@ import os
 import numpy as np
 
 from ..plotting import pyplot
+from .mechanism_report import cost_markdown, mechanism_figures, mechanism_markdown, seeds_markdown
 
 METRIC_COLUMNS = (
     ("i2t_r1", "I→T R@1"), ("i2t_r5", "I→T R@5"), ("i2t_r10", "I→T R@10"),
     ("t2i_r1", "T→I R@1"), ("t2i_r5", "T→I R@5"), ("t2i_r10", "T→I R@10"),
-    ("shape_top1", "shape top-1"), ("colour_top1", "colour top-1"),
+    ("shape_top1", "shape top-1"), ("colour_top1", "colour top-1"), ("count_top1", "count top-1"), ("size_top1", "size top-1"),
 )
-MODEL_LABELS = {"base": "dense base", "direct-ft": "direct fine-tune", "upcycling": "sparse upcycling", "clip-moe": "CLIP-MoE (DMU)"}
+MODEL_LABELS = {"base": "dense base", "direct-ft": "direct fine-tune", "upcycling": "sparse upcycling", "clip-moe": "CLIP-MoE (DMU)",
+                "clip-moe-last-half": "CLIP-MoE, experts in the last half of the blocks",
+                **{f"expert{j}": f"expert {j} alone" for j in range(16)}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,12 +131,15 @@ def _fmt(v) -> str:
     return f"{v:.1f}" if isinstance(v, (int, float)) else "–"
 
 
-def results_table(results: dict, chance: dict) -> str:
+def results_table(results: dict, chance: dict, std: dict | None = None) -> str:
+    """One row per model; with `std` ({model: {metric: std}}) each cell is mean ± std."""
     head = "| model | " + " | ".join(label for _, label in METRIC_COLUMNS) + " |"
     rule = "|---|" + "---:|" * len(METRIC_COLUMNS)
     lines = [head, rule]
     for name, metrics in results.items():
-        lines.append(f"| {MODEL_LABELS.get(name, name)} | " + " | ".join(_fmt(metrics.get(k)) for k, _ in METRIC_COLUMNS) + " |")
+        spread = (std or {}).get(name, {})
+        cells = [_fmt(metrics.get(k)) + (f" ± {spread[k]:.1f}" if k in spread else "") for k, _ in METRIC_COLUMNS]
+        lines.append(f"| {MODEL_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     lines.append("| *chance* | " + " | ".join(_fmt(chance.get(k)) for k, _ in METRIC_COLUMNS) + " |")
     return "\n".join(lines)
 
@@ -154,19 +160,34 @@ def write_report(out_dir: str, summary: dict) -> dict:
         figures[f"routing_{name}"] = plot_routing(
             routing_matrices(stats), f"{MODEL_LABELS.get(name, name)}: expert choice per layer on held-out data",
             os.path.join(out_dir, f"routing_{name}.png"))
+    figures.update(mechanism_figures(summary, out_dir))
     figures = {k: v for k, v in figures.items() if v}
 
-    results = summary["results"]
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump({"models": results, "chance": summary["chance"], "eval_counts": summary.get("eval_counts", {}),
-                   "machine": summary.get("machine", {}), "dmu_settings": summary.get("dmu_settings"),
-                   "timings_s": summary["timings"], "checkpoints": summary.get("models", {}),
-                   "plan": summary["plan"], "figures": {k: os.path.basename(v) for k, v in figures.items()}},
-                  f, indent=1)
-
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write(markdown(summary, figures))
+    saved = {"models": summary["results"], "chance": summary["chance"], "eval_counts": summary.get("eval_counts", {}),
+             "machine": summary.get("machine", {}), "dmu_settings": summary.get("dmu_settings"),
+             "timings_s": summary["timings"], "checkpoints": summary.get("models", {}),
+             "plan": summary["plan"], "mechanism": summary.get("mechanism"), "cost": summary.get("cost"),
+             "results_std": summary.get("results_std"), "results_by_seed": summary.get("results_by_seed"),
+             "checkpoints_by_seed": summary.get("checkpoints_by_seed"), "comparisons": summary.get("comparisons"),
+             "figures": {k: os.path.basename(v) for k, v in figures.items()}}
+    _write_atomically(os.path.join(out_dir, "results.json"), json.dumps(saved, indent=1))
+    # report.md is rendered from results.json as written, so every number in it is one the run saved
+    _write_atomically(os.path.join(out_dir, "report.md"), render_saved(out_dir))
     return figures
+
+
+def _write_atomically(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def render_saved(out_dir: str) -> str:
+    """report.md's text from DIR/results.json alone (its figures named there, beside it)."""
+    with open(os.path.join(out_dir, "results.json")) as f:
+        saved = json.load(f)
+    summary = dict(saved, results=saved["models"], timings=saved["timings_s"], models=saved["checkpoints"])
+    return markdown(summary, {k: os.path.join(out_dir, v) for k, v in saved["figures"].items()})
 
 
 def markdown(summary: dict, figures: dict) -> str:
@@ -175,11 +196,17 @@ def markdown(summary: dict, figures: dict) -> str:
     md = [f"# CLIP-MoE demo ({plan['mode']} mode)", ""]
     md += [("Zero-shot results on the held-out split of the procedural world (percent; the last row is what "
             "a random ranking scores). Retrieval uses the detailed caption of each held-out scene "
-            f"({counts.get('retrieval_images', '?')} images, one caption each); classification asks for the shape / colour "
-            f"of scenes whose groups agree on it ({counts.get('shape_images', '?')} / {counts.get('colour_images', '?')} images, "
-            "prompts ensembled over the other attribute)."), ""]
-    md += [results_table(results, chance), ""]
-    md += ["Best per metric: " + "; ".join(f"{label}: {_best(results, k)}" for k, label in METRIC_COLUMNS), ""]
+            f"({counts.get('retrieval_images', '?')} images, one caption each); classification asks for the shape / colour / "
+            "count / size of scenes whose groups agree on it (" +
+            " / ".join(str(counts.get(f"{t}_images", "?")) for t in ("shape", "colour", "count", "size")) + " images; "
+            "prompts ensembled over the other attributes, every prompt an in-world caption)."), ""]
+    seeds = plan.get("seeds", [])
+    if summary.get("results_std"):
+        md += [f"Mean ± sample standard deviation over {len(seeds)} training seeds ({', '.join(map(str, seeds))}; the world is "
+               "the same for all; each seed trains its own dense base and every model from it)."]
+        md += [""]
+    md += [results_table(results, chance, summary.get("results_std")), ""]
+    md += ["Best per metric (mean): " + "; ".join(f"{label}: {_best(results, k)}" for k, label in METRIC_COLUMNS), ""]
     top5 = (("shape_top5", "shape top-5"), ("colour_top5", "colour top-5"))
     md += ["| model | " + " | ".join(label for _, label in top5) + " |", "|---|---:|---:|"]
     md += [f"| {MODEL_LABELS.get(n, n)} | " + " | ".join(_fmt(m.get(k)) for k, _ in top5) + " |" for n, m in results.items()]
@@ -189,6 +216,9 @@ def markdown(summary: dict, figures: dict) -> str:
         above = base["i2t_r1"] > chance["i2t_r1"] and base["t2i_r1"] > chance["t2i_r1"]
         md += [(f"Dense base above chance on held-out retrieval: **{'yes' if above else 'no'}** (R@1 I→T {base['i2t_r1']:.1f}, "
                 f"T→I {base['t2i_r1']:.1f}; chance {chance['i2t_r1']:.1f})."), ""]
+    md += seeds_markdown(summary)
+    md += cost_markdown(summary)
+    md += mechanism_markdown(summary, figures, results_table)
     md += _timing_section(summary)
     md += ["## Settings", ""]
     md += [f"- **{key}**: `{json.dumps(value)}`" for key, value in plan.items()]
@@ -209,6 +239,11 @@ def _timing_section(summary: dict) -> list[str]:
         md += [(f"Measured with {machine.get('torch_threads')} torch thread(s) on {machine.get('cpu_count')} CPU(s); 1-minute load "
                 f"average at the start of this run: {machine.get('load_average_1min_at_start')}. Stages reused from an earlier run "
                 "keep the time they took then."), ""]
+        if "wall_seconds_this_run" in machine:
+            md += [(f"The training and evaluation jobs of the seeds ran in {machine.get('workers')} worker processes side by side, "
+                    "so the stage times add up to more than the wall clock. This run: "
+                    f"{machine['wall_seconds_this_run']:.1f} s wall clock for {machine.get('stages_run_now')} stage(s) run now; "
+                    f"1-minute load average at its end: {machine.get('load_average_1min_at_end')}."), ""]
     md += ["| stage | seconds |", "|---|---:|"]
     md += [f"| {name} | {sec:.1f} |" for name, sec in timings.items()]
     md += [f"| **total** | **{sum(timings.values()):.1f}** |", ""]

@@ -9,10 +9,10 @@ import importlib
 
 _EXPORTS = {
     "Record": "data", "load_records": "data",
-    "DMUSettings": "settings", "routing_statistics": "pipeline", "run_baseline": "pipeline", "run_dmu": "pipeline",
+    "DMUSettings": "settings", "routing_statistics": "pipeline", "run_baseline": "pipeline", "run_dmu": "pipeline", "run_dmu_last_blocks": "pipeline",
     "train_contrastive": "trainer",
 }
-__all__ = ["DMUSettings", "Record", "load_records", "routing_statistics", "run_baseline", "run_dmu", "train_contrastive"]
+__all__ = ["DMUSettings", "Record", "load_records", "routing_statistics", "run_baseline", "run_dmu", "run_dmu_last_blocks", "train_contrastive"]
 
 
 def __getattr__(name):

@@ -35,6 +35,7 @@ from .data import ImageTextDataset, load_records
 from .distributed import main_process_alone, make_accelerator
 from .features import compute_features, has_features, load_features, load_tensors, save_features, save_tensors
 from .models import (
+    _selected_blocks,
     load_model,
     load_preprocessors,
     named_dense_ffn_parameters,
@@ -130,12 +131,14 @@ def _moe_kwargs(settings):
             "router_aux_loss_count": settings.aux_loss_count, "router_z_loss_coef": settings.z_coef}
 
 
-def _ffn_only(stage_model, base):
-    """A stage model whose every tensor but the FFNs is the base's, in fp32: only the FFNs are taken
-    from an MCL stage, so a trained logit scale (logit_scale=None) or the bf16 copy a DeepSpeed run
-    saved cannot make the checkpoints disagree outside the experts."""
+def _ffn_only(stage_model, base, last_k_blocks=None):
+    """A stage model whose every tensor but the FFNs (of the last K blocks of each tower, all by
+    default) is the base's, in fp32: only the FFNs that become experts are taken from an MCL stage,
+    so a trained logit scale (logit_scale=None), the bf16 copy a DeepSpeed run saved, or FFNs trained
+    in blocks left dense cannot make the checkpoints disagree outside the experts."""
     stage_model = stage_model.float()
-    ffn = {name for name, _ in named_dense_ffn_parameters(base)}
+    kept = {id(p) for block in _selected_blocks(base, "both", last_k_blocks) for p in block.parameters()}
+    ffn = {name for name, p in named_dense_ffn_parameters(base) if id(p) in kept}
     state = {k: v for k, v in base.state_dict().items() if k not in ffn}
     stage_model.load_state_dict(state, strict=False)
     return stage_model
@@ -224,17 +227,7 @@ def run_dmu(base_dir, data_path, out_dir, settings: DMUSettings | None = None, i
     router_dir = os.path.join(out_dir, "router")
     done = read_done(router_dir)
     if done is None or not os.path.isdir(final_dir):
-        vision_layers, text_layers = _moe_layout(settings, base)
-        experts = [base] + [_ffn_only(load_model(m), base) for m in stage_models[1:]]
-        model = assemble_experts(experts, settings.top_k, vision_layers, text_moe_layers=text_layers, seed=settings.seed, **_moe_kwargs(settings))
-        del experts
-        torch.manual_seed(settings.seed + settings.num_experts)
-        summary = train_stage(accelerator, model, dataset, _moe_spec(settings, "router", settings.router_trains, settings.router_epochs,
-                                                                         settings.seed + settings.num_experts), router_dir)
-        if accelerator.is_main_process:
-            save_model_dir(summary["model"], tokenizer, processor, final_dir)
-        accelerator.wait_for_everyone()
-        write_done(accelerator, router_dir, summary)
+        _assemble_and_route(accelerator, settings, base, stage_models[1:], dataset, router_dir, final_dir, tokenizer, processor)
         done = read_done(router_dir)
     stages["router"] = done
     with main_process_alone(accelerator):  # the routing statistics may run long on a large --routing-stats-samples
@@ -244,6 +237,41 @@ def run_dmu(base_dir, data_path, out_dir, settings: DMUSettings | None = None, i
             routing = routing_statistics(final_dir, data_path, image_root, settings.routing_stats_samples, _dataset=dataset)
             write_report(out_dir, "dmu", settings, data_report, stages, clusters, timings, routing)
     return final_dir
+
+
+def run_dmu_last_blocks(dmu_dir, base_dir, data_path, out_dir, last_k_blocks: int, settings: DMUSettings | None = None,
+                        image_root=None, restart: bool = False, overwrite: bool = False) -> str:
+    """The cheaper CLIP-MoE from a finished DMU run's MCL stages: experts only in the last
+    `last_k_blocks` blocks of each tower (the earlier blocks keep the base FFN), its routers trained
+    like DMU's router stage. `settings` must be the DMU run's. Returns out_dir/final; resumable like run_dmu."""
+    settings = dataclasses.replace(settings or DMUSettings(), last_k_blocks=last_k_blocks)
+    stage_models = sorted((d for d in os.listdir(dmu_dir) if d.startswith("mcl") and d[3:].isdigit()), key=lambda d: int(d[3:]))
+    stage_models = [os.path.join(dmu_dir, d, "model") for d in stage_models]
+    if len(stage_models) != settings.num_experts - 1 or not all(read_done(os.path.dirname(m)) for m in stage_models):
+        raise CLIPMoEError(f"{dmu_dir}: expected {settings.num_experts - 1} finished MCL stages (mcl1/..), found {len(stage_models)}")
+    accelerator, out_dir, base, tokenizer, processor, dataset, _ = _prepare(
+        base_dir, data_path, out_dir, settings, image_root, {"pipeline": "dmu-last-blocks", "dmu_dir": os.path.abspath(dmu_dir)},
+        restart, overwrite)
+    router_dir, final_dir = os.path.join(out_dir, "router"), os.path.join(out_dir, "final")
+    if read_done(router_dir) is None or not os.path.isdir(final_dir):
+        _assemble_and_route(accelerator, settings, base, stage_models, dataset, router_dir, final_dir, tokenizer, processor)
+    return final_dir
+
+
+def _assemble_and_route(accelerator, settings, base, stage_model_dirs, dataset, router_dir, final_dir, tokenizer, processor):
+    """DMU's last step: expert 0 = the base FFN, expert s = MCL stage s's FFN, in the blocks
+    settings.last_k_blocks names (all by default); then the router stage; the CLIP-MoE saved to final_dir."""
+    vision_layers, text_layers = _moe_layout(settings, base)
+    experts = [base] + [_ffn_only(load_model(m), base, settings.last_k_blocks) for m in stage_model_dirs]
+    model = assemble_experts(experts, settings.top_k, vision_layers, text_moe_layers=text_layers, seed=settings.seed, **_moe_kwargs(settings))
+    del experts
+    torch.manual_seed(settings.seed + settings.num_experts)
+    summary = train_stage(accelerator, model, dataset, _moe_spec(settings, "router", settings.router_trains, settings.router_epochs,
+                                                                     settings.seed + settings.num_experts), router_dir)
+    if accelerator.is_main_process:
+        save_model_dir(summary["model"], tokenizer, processor, final_dir)
+    accelerator.wait_for_everyone()
+    write_done(accelerator, router_dir, summary)
 
 
 def run_baseline(kind: str, base_dir, data_path, out_dir, settings: DMUSettings | None = None, image_root=None,

@@ -108,17 +108,27 @@ def test_task_labels_only_where_groups_agree():
             assert (label is None) == (len(values) > 1)
             if label is not None:
                 n_labelled += 1
-                assert spec["classnames"][label] == scene.main.__dict__[spec["attribute"]]
+                assert spec["classnames"][label] == str(scene.main.__dict__[spec["attribute"]])
         for spec in tasks.values():
-            assert all(t.count("{}") == 1 for t in spec["templates"])
+            assert all(t.count("{}") == 1 for t in spec["templates"] or [])
+            assert len(spec["prompts"]) == len(spec["classnames"]) and all(spec["prompts"])
     assert n_labelled > 100
+
+
+def test_count_prompts_name_the_count_in_plural():
+    count = W.classification_tasks()["count"]
+    assert count["classnames"] == ["1", "2", "3", "4"]
+    assert "a picture of a red circle." in count["prompts"][0]
+    assert "a picture of three red circles." in count["prompts"][2]
+    assert not any("circles" in p for p in count["prompts"][0])  # one object: singular
+    assert len(set(map(len, count["prompts"]))) == 1  # every class ensembles over the same colours and shapes
 
 
 def test_vocabulary_covers_captions_and_prompts():
     vocab = set(W.vocabulary())
     texts = [s.detailed_caption() for s, _ in scenes()] + [s.short_caption() for s, _ in scenes()]
     for spec in W.classification_tasks().values():
-        texts += [t.replace("{}", c) for c in spec["classnames"] for t in spec["templates"]]
+        texts += [p for class_prompts in spec["prompts"] for p in class_prompts]
     for text in texts:
         assert set(re.findall(r"\w+|[^\w\s]+", text)) <= vocab, text
 

@@ -26,9 +26,10 @@ def quick_demo(tmp_path_factory):
 def test_finishes_and_writes_every_output(quick_demo):
     out, code, _ = quick_demo
     assert code == 0
-    for name in ("report.md", "results.json", "stages.json", "loss_curves.png", "routing_clip-moe.png", "routing_upcycling.png"):
+    pngs = ("loss_curves.png", "routing_clip-moe.png", "routing_upcycling.png", "cluster_purity.png", "routing_by_attribute.png")
+    for name in ("report.md", "results.json", "stages.json") + pngs:
         assert os.path.isfile(os.path.join(out, name)), name
-    for name in ("loss_curves.png", "routing_clip-moe.png", "routing_upcycling.png"):
+    for name in pngs:
         with open(os.path.join(out, name), "rb") as f:
             assert f.read(8) == PNG_MAGIC
 
@@ -43,19 +44,62 @@ def test_all_four_models_measured(quick_demo):
         assert metrics["num_images"] == results["plan"]["world"]["n_test"]
     for key in keys:
         assert 0.0 < results["chance"][key] <= 100.0
-    # the four are different checkpoints
-    assert len(set(results["checkpoints"].values())) == 4
+    # the five are different checkpoints
+    assert len(set(results["checkpoints"].values())) == len(MODELS)
     with open(os.path.join(out, "report.md")) as f:
         report = f.read()
-    for label in ("dense base", "direct fine-tune", "sparse upcycling", "CLIP-MoE (DMU)", "*chance*", "Time per stage"):
+    for label in ("dense base", "direct fine-tune", "sparse upcycling", "CLIP-MoE (DMU)", "*chance*", "Time per stage",
+                  "Quality against cost", "DMU's mechanism", "expert 3 alone", "last half of the blocks"):
         assert label in report
+
+
+def test_mechanism_and_cost(quick_demo):
+    _, _, results = quick_demo
+    mech = results["mechanism"]
+    # DMU's router stage trains only the routers: expert 0 is the base's FFN, so alone it is the base
+    assert mech["expert_results"]["expert0"] == results["results_by_seed"][mech["seed"]]["base"]
+    assert len(mech["cluster_purity"]) == 3  # one clustering per MCL stage (4 experts)
+    k = results["dmu_settings"]["clusters_per_modality"]
+    assert [s["clusters"] <= (k * k) ** (s["stage"] + 1) for s in mech["cluster_purity"]] == [True] * 3
+    cost = results["cost"]
+    flops = {name: c["flops"]["total"] for name, c in cost.items()}
+    # dense models cost the same; the full CLIP-MoE the most; experts in half the blocks in between
+    assert flops["base"] == flops["direct-ft"] < flops["clip-moe-last-half"] < flops["clip-moe"] == flops["upcycling"]
+    assert cost["base"]["relative"] == 1.0
+    from clipmoe_encoder.dmu.models import load_model
+
+    layers = results["plan"]["base"]["num_layers"]
+    half = load_model(results["checkpoints"]["clip-moe-last-half"]).config
+    assert half.vision_config.moe_layer_indices == list(range(layers - max(1, layers // 2), layers))
+    assert half.text_config.moe_layer_indices == half.vision_config.moe_layer_indices
 
 
 def test_every_stage_timed(quick_demo):
     _, _, results = quick_demo
     stages = results["timings_s"]
-    for name in ("world", "base-init", "base", "direct-ft", "upcycling", "dmu", "eval-base", "eval-clip-moe", "routing-clip-moe"):
+    seeds = results["plan"]["seeds"]
+    assert len(seeds) == 3
+    for seed in seeds:
+        for name in ("base-init", "base", "direct-ft", "upcycling", "dmu", "clip-moe-last-half", *(f"eval-{m}" for m in MODELS)):
+            assert stages[f"seed{seed}/{name}"] > 0.0
+    for name in ("world", "routing-clip-moe", "cluster-purity", "routing-by-attribute", "cost"):
         assert stages[name] > 0.0
+
+
+def test_seeds_aggregated(quick_demo):
+    """The headline table is the mean over the seeds; every comparison is stated with its verdict."""
+    import statistics
+
+    _, _, results = quick_demo
+    by_seed = results["results_by_seed"]
+    assert list(by_seed) == [f"seed{s}" for s in results["plan"]["seeds"]]
+    for model in MODELS:
+        values = [by_seed[s][model]["shape_top1"] for s in by_seed]
+        assert results["models"][model]["shape_top1"] == pytest.approx(statistics.fmean(values))
+        assert results["results_std"][model]["shape_top1"] == pytest.approx(statistics.stdev(values))
+    # the seeds trained different models
+    assert len({json.dumps(by_seed[s]["clip-moe"], sort_keys=True) for s in by_seed}) == 3
+    assert {(c["b"], c["metric"]) for c in results["comparisons"]} >= {("base", "shape_top1"), ("upcycling", "i2t_r1")}
 
 
 def test_rerun_resumes_without_training_again(quick_demo):

@@ -20,6 +20,7 @@ from clipmoe_demo.encoder.run import (
 from clipmoe_encoder.errors import CLIPMoEError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+M_BACKGROUND = "background"
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +47,72 @@ def tiny_run(tmp_path_factory):
     eval_set = evaluation_set(world)
     results = {"base": evaluate_model(base, eval_set), "clip-moe": evaluate_model(moe_dir, eval_set)}
     n_classes = {t: len(s["classnames"]) for t, s in eval_set["tasks"].items()}
-    summary = {"plan": make_plan(quick=True).to_dict(), "models": {"base": base, "clip-moe": moe_dir}, "results": results,
+    models = {"base": base, "clip-moe": moe_dir}
+    summary = {"plan": make_plan(quick=True).to_dict(), "models": models, "results": results,
                "chance": chance_levels(12, 12, n_classes), "routing": {"clip-moe": routing},
-               "timings": {"world": 0.5, "base": 2.25}, "eval_counts": {"retrieval_images": 12}}
+               "timings": {"world": 0.5, "base": 2.25}, "eval_counts": {"retrieval_images": 12},
+               "mechanism": _mechanism(out, world, moe_dir, eval_set), "cost": _cost(models, eval_set)}
     figures = R.write_report(out, summary)
     return out, summary, figures, routing
+
+
+def _mechanism(out, world, moe_dir, eval_set):
+    """The mechanism section's inputs, real where the tiny run allows: cluster labels of one stage
+    written as DMU writes them (k = 2 per modality), routing by attribute of the upcycled MoE, and
+    its experts extracted and evaluated."""
+    import torch
+
+    from clipmoe_demo.encoder import mechanism as M
+    from clipmoe_encoder.dmu.features import save_tensors
+
+    dmu_dir = os.path.join(out, "dmu")
+    os.makedirs(os.path.join(dmu_dir, "clusters"))
+    labels = torch.arange(24) % 4
+    save_tensors({"labels": labels}, os.path.join(dmu_dir, "clusters", "labels_stage0.safetensors"))
+    experts = M.extract_experts(moe_dir, os.path.join(out, "experts"))
+    return {"cluster_purity": M.stage_cluster_purity(dmu_dir, W.read_scenes(world, "train"), 2),
+            "routing_by_attribute": M.routing_by_attribute(moe_dir, world, 12, batch_size=5),
+            "experts": experts, "expert_results": {f"expert{j}": evaluate_model(p, eval_set) for j, p in enumerate(experts)}}
+
+
+def _cost(models, eval_set):
+    from clipmoe_demo.encoder.run import _cost as cost
+
+    return cost(models, eval_set)
+
+
+def test_report_is_rendered_from_the_saved_json(tiny_run):
+    out, *_ = tiny_run
+    with open(os.path.join(out, "report.md")) as f:
+        assert R.render_saved(out) == f.read()
+    with open(os.path.join(out, "results.json")) as f:
+        saved = json.load(f)
+    assert saved["mechanism"]["cluster_purity"][0]["clusters"] == 4
+    assert set(saved["cost"]) == {"base", "clip-moe"} and saved["cost"]["base"]["relative"] == 1.0
+
+
+def test_routing_by_attribute_covers_every_token(tiny_run):
+    out, summary, *_ = tiny_run
+    routing = summary["mechanism"]["routing_by_attribute"]
+    assert routing["samples"] == 12 and routing["num_experts"] == 3
+    for tower in ("vision", "text"):
+        for attribute, per_layer in routing[tower].items():
+            assert len(per_layer) == len(routing["layers"][tower])
+            for table in per_layer:
+                for row in table.values():
+                    assert sum(row["share"]) == pytest.approx(1.0)
+    # every held-out caption names its main group's colour once: 12 colour-word tokens at least
+    assert sum(r["tokens"] for r in routing["text"]["colour"][0].values()) >= 12
+    # the vision tables count patches: background + object patches <= 12 scenes x 64 patches
+    vision = routing["vision"]["shape"][0]
+    assert M_BACKGROUND in vision and sum(r["tokens"] for r in vision.values()) <= 12 * 64
+
+
+def test_upcycled_experts_alone_score_as_the_base(tiny_run):
+    """Upcycled experts are copies of the base FFN: each alone is the base exactly."""
+    _, summary, *_ = tiny_run
+    for scores in summary["mechanism"]["expert_results"].values():
+        assert scores == summary["results"]["base"]
 
 
 def test_loss_logs_are_the_trainers(tiny_run):
@@ -89,12 +151,18 @@ def test_results_json_holds_the_zeroshot_metrics(tiny_run):
     encoder = load_encoder(summary["models"]["base"])
     expected = evaluate_retrieval(encoder, eval_set["images"], eval_set["captions"])
     for task, spec in eval_set["tasks"].items():
-        res = evaluate_classification(encoder, spec["images"], spec["labels"], spec["classnames"], spec["templates"])
+        if spec["templates"] is None:  # count: per-class prompts no template writes
+            continue
+        res = evaluate_classification(encoder, spec["images"], spec["labels"], spec["classnames"], spec["templates"],
+                                      ks=(1, 5) if len(spec["classnames"]) > 5 else (1,))
+        res.pop("num_templates")
         expected.update({f"{task}_{k}": v for k, v in res.items()})
-    assert saved["models"]["base"] == expected
+    got = {k: v for k, v in saved["models"]["base"].items() if not k.startswith("count_")}
+    assert got == pytest.approx(expected)
+    assert 0 <= saved["models"]["base"]["count_top1"] <= 100 and saved["models"]["base"]["count_num_classes"] == 4
     assert saved["chance"]["i2t_r1"] == pytest.approx(100 / 12) and saved["chance"]["shape_top1"] == pytest.approx(100 / 6)
     assert saved["timings_s"] == {"world": 0.5, "base": 2.25}
-    assert set(saved["figures"]) == {"loss_curves", "routing_clip-moe"}
+    assert set(saved["figures"]) == {"loss_curves", "routing_clip-moe", "cluster_purity", "routing_by_attribute"}
 
 
 def test_report_md_table_and_figures(tiny_run):
