@@ -11,7 +11,9 @@ output directory holds any checkpoint-*. Two gaps are closed here:
 * transformers checks nothing about the inputs. `claim_output_dir` records in the output directory
   (RUN_FILE) the content of the data, model, tower, projector and DeepSpeed config files and the
   training arguments when a run starts; `check_resume` refuses to resume a run whose inputs differ
-  (one error naming what changed), before anything is loaded. Image files are not fingerprinted
+  (one error naming what changed), before anything is loaded. A non-empty output directory that is
+  not a training run's own (no RUN_FILE, no checkpoint) is refused unless --overwrite_output_dir True,
+  so a mistyped --output_dir never writes over a user's files. Image files are not fingerprinted
   (hundreds of thousands of files; the data file names them); a hub id is compared by name.
 """
 
@@ -31,7 +33,7 @@ _CONTENT_FLAGS = ("--data_path", "--model_name_or_path", "--vision_tower", "--pr
 # --image_folder: the images are named by the data file, which is compared.
 _NEUTRAL_FLAGS = {"--output_dir", "--image_folder", "--local_rank", "--logging_steps", "--logging_dir", "--report_to",
                   "--run_name", "--dataloader_num_workers", "--save_strategy", "--save_steps", "--save_total_limit",
-                  "--per_device_eval_batch_size", "--debug"}
+                  "--per_device_eval_batch_size", "--debug", "--overwrite_output_dir"}
 
 
 def complete_checkpoints(output_dir: str) -> list[tuple[int, str]]:
@@ -157,10 +159,31 @@ def read_run_file(output_dir: str) -> dict | None:
                        "remove it and the checkpoint-* folders to start afresh")
 
 
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("true", "1", "yes")
+
+
+def check_output_dir_is_ours(args: dict[str, str]) -> None:
+    """Never write a run into a user's folder: a non-empty --output_dir must be this project's own
+    training output (its RUN_FILE, or checkpoints to resume), unless --overwrite_output_dir True (the
+    TrainingArguments flag transformers' example scripts use for the same decision)."""
+    output_dir = args.get("--output_dir")
+    if output_dir is None or not os.path.isdir(output_dir) or _truthy(args.get("--overwrite_output_dir")):
+        return
+    names = sorted(os.listdir(output_dir))
+    if not names or RUN_FILE in names or any(_CHECKPOINT.match(n) for n in names):
+        return
+    raise CLIPMoEError(f"--output_dir {output_dir}: not empty and not a training run's output (holds {names[0]!r}); "
+                       "choose an empty or new folder, or add --overwrite_output_dir True to write into it")
+
+
 def check_resume(argv: list[str]) -> dict | None:
-    """When --output_dir holds a complete checkpoint (the run will resume), refuse inputs that differ
-    from the recorded ones. Returns the current fingerprint when it was computed."""
-    output_dir = parse_arguments(argv).get("--output_dir")
+    """Refuse a foreign non-empty --output_dir; when it holds a complete checkpoint (the run will
+    resume), refuse inputs that differ from the recorded ones. Returns the current fingerprint when
+    it was computed."""
+    args = parse_arguments(argv)
+    check_output_dir_is_ours(args)
+    output_dir = args.get("--output_dir")
     if output_dir is None or newest_complete_checkpoint(output_dir) is None:
         return None
     saved = read_run_file(output_dir)
@@ -193,7 +216,8 @@ def claim_output_dir(argv: list[str]) -> None:
 
 def main(argv=None) -> int:
     """`python -m llava_integration.resume ARGS...` (the training command's arguments): exit 0 when
-    the run may start or resume in --output_dir, else one `error:` line and exit 2 (run by the shell
+    the run may start or resume in --output_dir (a new or empty folder, this project's own run, or
+    --overwrite_output_dir True), else one `error:` line and exit 2 (run by the shell
     scripts before the launcher)."""
     import sys
 

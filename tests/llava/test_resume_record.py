@@ -132,3 +132,26 @@ def test_command_line_refusal_is_one_line_and_exit_2(run_inputs):
                           text=True, env=dict(os.environ, PYTHONPATH=REPO), check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"error: {out / RUN_FILE}: not valid JSON"), proc.stderr
+
+
+def test_a_foreign_non_empty_output_dir_is_refused_unless_overwrite_is_asked(run_inputs):
+    argv, _, _, out = run_inputs
+    out.mkdir()
+    (out / "notes.txt").write_text("a user's file")
+    message = refusal(argv)
+    assert message.startswith(f"--output_dir {out}: not empty and not a training run's output (holds 'notes.txt')")
+    assert "--overwrite_output_dir True" in message
+    with pytest.raises(CLIPMoEError):
+        claim_output_dir(argv)  # the training entry point refuses it too, before writing anything
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    claim_output_dir(argv + ["--overwrite_output_dir", "True"])  # asked for: recorded and used
+    assert (out / RUN_FILE).is_file() and (out / "notes.txt").read_text() == "a user's file"
+    check_resume(argv)  # from now on it is this run's own folder
+
+
+def test_empty_own_and_checkpoint_folders_are_accepted(run_inputs, tmp_path):
+    argv, _, _, out = run_inputs
+    out.mkdir()
+    check_resume(argv)  # empty
+    checkpoint(out, 3)  # LLaVA's own or an older version's run: resumable without a record
+    check_resume(argv)
