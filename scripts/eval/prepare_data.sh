@@ -34,14 +34,15 @@ MMVET=https://github.com/yuweihao/MM-Vet/releases/download/v1/mm-vet.zip
 say() { printf '%s\n' "$*"; }
 run() { if [ "$DRY_RUN" = 1 ]; then say "  (dry run) $*"; else "$@"; fi; }
 
-# fetch URL TARGET: download unless TARGET exists (wget -c resumes a partial file).
+# fetch URL TARGET: download unless TARGET exists (wget -c resumes a partial file). Each download
+# shows a progress bar (size, rate, time left): some archives are tens of GB.
 fetch() {
   local url=$1 target=$2
   if [ -s "$target" ]; then say "have      $target"; return; fi
   say "download  $url -> $target"
   run mkdir -p "$(dirname "$target")"
-  if command -v wget >/dev/null; then run wget -q -c -O "$target.part" "$url"
-  else run curl -fL -C - -o "$target.part" "$url"; fi
+  if command -v wget >/dev/null; then run wget -q --show-progress --progress=bar:force:noscroll -c -O "$target.part" "$url"
+  else run curl -fL --progress-bar -C - -o "$target.part" "$url"; fi
   run mv "$target.part" "$target"
 }
 

@@ -44,3 +44,12 @@ def test_dry_run_covers_the_layout(tmp_path):
 def test_unknown_benchmark(tmp_path):
     proc = dry_run(str(tmp_path / "d"), "pope nope")
     assert proc.returncode == 2 and "unknown benchmark 'nope'" in proc.stdout
+
+
+def test_every_download_shows_progress(tmp_path):
+    """Archives of tens of GB: each wget/curl call shows a progress bar (wget -q alone printed nothing)."""
+    out = dry_run(str(tmp_path / "data")).stdout
+    fetches = [line for line in out.splitlines() if "(dry run) wget" in line or "(dry run) curl" in line]
+    assert fetches
+    for line in fetches:
+        assert "--show-progress" in line or "--progress-bar" in line, line
