@@ -20,7 +20,7 @@ def _encoder(args) -> int:
     from .encoder.report import results_table
     from .encoder.run import run_demo
 
-    summary = run_demo(args.out, quick=args.quick)
+    summary = run_demo(args.out, quick=args.quick, seeds=args.seeds, workers=args.workers)
     print(results_table(summary["results"], summary["chance"]))
     print(f"total {sum(summary['timings'].values()):.1f} s; report: {args.out}/report.md")
     return 0
@@ -31,6 +31,22 @@ def _chain(args) -> int:
 
     run_chain(args.out, quick=args.quick)
     return 0
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2, got {text!r}") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "zero-shot on held-out scenes. Rerunning the same command resumes.")
     e.add_argument("--out", required=True, help="output directory (world, checkpoints, report.md, results.json, PNGs)")
     e.add_argument("--quick", action="store_true", help="toy sizes, for tests and CI")
+    e.add_argument("--seeds", type=_seeds, default=None,
+                   help="comma-separated training seeds (default 0,1,2); a rerun with other seeds reuses the ones done")
+    e.add_argument("--workers", type=_positive, default=None, help="worker processes training seeds side by side (default 2)")
     e.set_defaults(func=_encoder)
     c = sub.add_parser("chain", help="encoder demo -> LLaVA (dense vs CLIP-MoE tower) -> benchmarks -> report",
                        description=chain_package.__doc__,

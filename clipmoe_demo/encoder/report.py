@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from ..plotting import pyplot
-from .mechanism_report import cost_markdown, mechanism_figures, mechanism_markdown, seeds_markdown
+from .mechanism_report import cost_markdown, mechanism_figures, mechanism_markdown, ordering_markdown, seeds_markdown
 
 METRIC_COLUMNS = (
     ("i2t_r1", "I→T R@1"), ("i2t_r5", "I→T R@5"), ("i2t_r10", "I→T R@10"),
@@ -216,6 +216,7 @@ def markdown(summary: dict, figures: dict) -> str:
         above = base["i2t_r1"] > chance["i2t_r1"] and base["t2i_r1"] > chance["t2i_r1"]
         md += [(f"Dense base above chance on held-out retrieval: **{'yes' if above else 'no'}** (R@1 I→T {base['i2t_r1']:.1f}, "
                 f"T→I {base['t2i_r1']:.1f}; chance {chance['i2t_r1']:.1f})."), ""]
+    md += ordering_markdown(summary)
     md += seeds_markdown(summary)
     md += cost_markdown(summary)
     md += mechanism_markdown(summary, figures, results_table)

@@ -81,6 +81,15 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
+# Which seeds run and in how many processes change no stage's result (each seed's stages are its
+# own, named seed<s>/...): a rerun may add or drop seeds, or use other workers, and reuse the rest.
+RESULT_NEUTRAL_PLAN = {"seeds", "workers"}
+
+
+def _results_affecting(plan_dict):
+    return {k: v for k, v in (plan_dict or {}).items() if k not in RESULT_NEUTRAL_PLAN}
+
+
 class Stages:
     """DIR/stages.json: the plan the directory was made with and, per finished stage, its output and
     the seconds it took. A directory made with another plan is refused, not silently mixed."""
@@ -92,15 +101,16 @@ class Stages:
         if os.path.isfile(self.path):
             with open(self.path) as f:
                 self.state = json.load(f)
-            if self.state.get("plan") != plan_dict:
+            if _results_affecting(self.state.get("plan")) != _results_affecting(plan_dict):
                 raise CLIPMoEError(
                     f"{self.path}: this directory holds a demo run with other settings (mode "
                     f"{self.state.get('plan', {}).get('mode')!r}); use another --out directory"
                 )
+            self.state["plan"] = plan_dict  # the seeds and workers of this run
         else:
             os.makedirs(out_dir, exist_ok=True)
             self.state = {"plan": plan_dict, "stages": {}}
-            self._save()
+        self._save()
         self.ran_now: list[str] = []
 
     def _save(self):
@@ -215,11 +225,16 @@ def evaluate_model(model_dir: str, eval_set: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 # the chain
 
-def run_demo(out_dir: str, quick: bool = False, log=None) -> dict:
+def run_demo(out_dir: str, quick: bool = False, log=None, seeds=None, workers=None) -> dict:
+    """seeds / workers: the training seeds and worker processes instead of the plan's."""
     import torch
 
     log = log or say
     plan = make_plan(quick)
+    if seeds is not None:
+        plan = dataclasses.replace(plan, seeds=tuple(seeds))
+    if workers is not None:
+        plan = dataclasses.replace(plan, workers=workers)
     torch.set_num_threads(plan.threads)  # the demo is sized for 2 cores; more threads only contend
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     out_dir = os.path.abspath(out_dir)
@@ -242,12 +257,12 @@ def run_demo(out_dir: str, quick: bool = False, log=None) -> dict:
     settings = _dmu_settings(plan, models["base"], plan.seeds[0])
     routing = {}
     for name in ("upcycling", "clip-moe"):
-        routing[name] = stages.run(f"routing-{name}", lambda name=name: routing_statistics(
+        routing[name] = stages.run(f"{seed0}/routing-{name}", lambda name=name: routing_statistics(
             models[name], test_path, image_root=world_dir, max_samples=plan.routing_samples))
     dmu_dir = os.path.join(out_dir, seed0, "dmu")
     mechanism = dict(_mechanism(stages, plan, settings, models["clip-moe"], dmu_dir, world_dir, os.path.join(out_dir, seed0), eval_set),
                      seed=seed0)
-    cost = stages.run("cost", lambda: _cost(models, eval_set))
+    cost = stages.run(f"{seed0}/cost", lambda: _cost(models, eval_set))
 
     n_classes = {task: len(spec["classnames"]) for task, spec in eval_set["tasks"].items()}
     chance = chance_levels(len(eval_set["images"]), len(eval_set["images"]), n_classes)
@@ -285,11 +300,13 @@ def checkpoint_path(out_dir: str, seed: int, model: str) -> str:
 def training_jobs(plan: DemoPlan) -> dict[str, tuple[str, int, list[str]]]:
     """{stage name: (kind, seed, stages it needs)} for every seed: the base, the three recipes from
     it, the cheaper CLIP-MoE from DMU's stages, and the zero-shot evaluation of each model. The
-    workers take ready jobs in this order: every seed's base first (they gate everything), then the
-    longest chain (DMU, then its cheaper variant) before the baselines."""
-    needs = {"base-init": [], "base": ["base-init"], "dmu": ["base"], "upcycling": ["base"], "direct-ft": ["base"],
-             LAST_HALF: ["dmu"], **{f"eval-{m}": [TRAINED_BY[m]] for m in MODELS}}
-    return {f"seed{seed}/{kind}": (kind, seed, [f"seed{seed}/{n}" for n in needs[kind]]) for kind in needs for seed in plan.seeds}
+    workers take ready jobs in this order: seed by seed (a seed's scores are complete early, and
+    an interrupted run has whole seeds), the longest chain (DMU) first, each evaluation right
+    after its model."""
+    needs = {"base-init": [], "base": ["base-init"], "eval-base": ["base"], "dmu": ["base"], "upcycling": ["base"],
+             "direct-ft": ["base"], "eval-clip-moe": ["dmu"], LAST_HALF: ["dmu"], "eval-upcycling": ["upcycling"],
+             "eval-direct-ft": ["direct-ft"], f"eval-{LAST_HALF}": [LAST_HALF]}
+    return {f"seed{seed}/{kind}": (kind, seed, [f"seed{seed}/{n}" for n in needs[kind]]) for seed in plan.seeds for kind in needs}
 
 
 def _init_worker(threads: int):
@@ -390,11 +407,12 @@ def _mechanism(stages, plan, settings, moe_dir, dmu_dir, world_dir, out_dir, eva
     """Cluster purity per MCL stage, routing by attribute, and each expert alone as a dense CLIP."""
     from . import mechanism as M
 
-    purity = stages.run("cluster-purity", lambda: M.stage_cluster_purity(
+    seed = os.path.basename(out_dir)  # DIR/seed<s>: the stages are that seed's
+    purity = stages.run(f"{seed}/cluster-purity", lambda: M.stage_cluster_purity(
         dmu_dir, W.read_scenes(world_dir, "train"), settings.clusters_per_modality))
-    routing = stages.run("routing-by-attribute", lambda: M.routing_by_attribute(moe_dir, world_dir, plan.routing_samples))
-    experts = stages.run("extract-experts", lambda: M.extract_experts(moe_dir, os.path.join(out_dir, "experts")))
-    scores = {f"expert{j}": stages.run(f"eval-expert{j}", lambda path=path: evaluate_model(path, eval_set))
+    routing = stages.run(f"{seed}/routing-by-attribute", lambda: M.routing_by_attribute(moe_dir, world_dir, plan.routing_samples))
+    experts = stages.run(f"{seed}/extract-experts", lambda: M.extract_experts(moe_dir, os.path.join(out_dir, "experts")))
+    scores = {f"expert{j}": stages.run(f"{seed}/eval-expert{j}", lambda path=path: evaluate_model(path, eval_set))
               for j, path in enumerate(experts)}
     return {"cluster_purity": purity, "routing_by_attribute": routing, "experts": experts, "expert_results": scores}
 

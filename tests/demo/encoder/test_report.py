@@ -206,3 +206,10 @@ def test_stages_skip_finished_work_and_refuse_other_settings(tmp_path):
     assert calls[-1] == "b3"
     with pytest.raises(CLIPMoEError, match="other settings"):
         Stages(str(tmp_path), make_plan(quick=False), log=lambda *_: None)
+    # other seeds or workers change no stage's result: the directory is reused, the plan updated
+    import dataclasses
+
+    other = Stages(str(tmp_path), dataclasses.replace(plan, seeds=(4, 5), workers=1), log=lambda *_: None)
+    assert other.run("a", lambda: calls.append("a3")) == {"x": 1} and "a3" not in calls
+    with open(os.path.join(str(tmp_path), "stages.json")) as f:
+        assert json.load(f)["plan"]["seeds"] == [4, 5]

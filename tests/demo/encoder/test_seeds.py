@@ -44,7 +44,50 @@ def test_training_jobs_order_and_needs():
     order = list(jobs)
     for name, (_, _, needs) in jobs.items():
         assert all(order.index(n) < order.index(name) for n in needs), name  # a job comes after what it needs
-    assert order[:6] == [f"seed{s}/{k}" for k in ("base-init", "base") for s in plan.seeds]  # bases first
+    assert [n.split("/")[0] for n in order] == [f"seed{s}" for s in plan.seeds for _ in range(len(order) // len(plan.seeds))]
+    assert order.index("seed0/dmu") < order.index("seed0/upcycling")  # the longest chain first
     for seed in plan.seeds:
         for model in MODELS:
             assert jobs[f"seed{seed}/eval-{model}"][2] == [f"seed{seed}/{TRAINED_BY[model]}"]
+
+
+def test_ordering_table_row_from_the_comparisons():
+    from clipmoe_demo.encoder.mechanism_report import ordering_markdown
+    from clipmoe_demo.encoder.run import comparisons
+
+    def scores(shape):
+        return {"shape_top1": shape, "colour_top1": 90.0, "count_top1": 30.0, "size_top1": 60.0, "i2t_r1": 5.0, "t2i_r1": 5.0}
+
+    shapes = {"base": (30, 31, 32), "direct-ft": (30, 32, 34), "upcycling": (31, 31, 31), "clip-moe": (40, 42, 44),
+              "clip-moe-last-half": (35, 35, 35)}
+    by_seed = {f"seed{i}": {m: scores(float(v[i])) for m, v in shapes.items()} for i in range(3)}
+    mean, std = aggregate(by_seed)
+    nmi = {a: {"nmi": 0.5} for a in ("shape", "colour", "count", "size", "region")}
+    summary = {"results": mean, "results_std": std, "comparisons": comparisons(by_seed),
+               "mechanism": {"cluster_purity": [{"accumulated": nmi}]}}
+    md = ordering_markdown(summary)
+    row = next(line for line in md if line.startswith("| shape |"))
+    # CLIP-MoE 42 ± 2 against direct fine-tune 32 ± 2 (+10 > 4) and sparse upcycling 31 ± 0 (+11 > 2)
+    assert row == ("| shape | 0.50 | 31.0 ± 1.0 | 32.0 ± 2.0 | 31.0 ± 0.0 | 42.0 ± 2.0 | +10.0 (exceeds the spread) | "
+                   "+11.0 (exceeds the spread) |")
+    assert next(line for line in md if line.startswith("| colour |")).endswith("+0.0 (within the spread) | +0.0 (within the spread) |")
+
+
+@pytest.mark.parametrize("value", ["a,b", "1,1", "-1", ""])
+def test_bad_seeds_flag_is_one_line_exit_2(value, capsys, tmp_path):
+    from clipmoe_demo import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["encoder", "--out", str(tmp_path / "x"), "--seeds", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("clipmoe-demo encoder: error: argument --seeds:") and "Traceback" not in "".join(err)
+    assert not (tmp_path / "x").exists()  # refused before anything is written
+
+
+def test_bad_workers_flag(capsys, tmp_path):
+    from clipmoe_demo import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["encoder", "--out", str(tmp_path / "x"), "--workers", "0"])
+    assert exc.value.code == 2 and "argument --workers: expected a positive integer" in capsys.readouterr().err
