@@ -248,7 +248,7 @@ def run_demo(out_dir: str, quick: bool = False, log=None, seeds=None, workers=No
 
     stages.run("world", lambda: (W.write_world(world_dir, plan.world), world_dir)[1])
     eval_set = evaluation_set(world_dir)
-    results_by_seed, checkpoints = run_jobs(stages, training_jobs(plan), (plan, out_dir), plan.workers, log)
+    results_by_seed, checkpoints = run_jobs(stages, training_jobs(plan), plan, out_dir, log)
     seed0 = f"seed{plan.seeds[0]}"
     models = checkpoints[seed0]  # the checkpoints the mechanism, cost and LLaVA chain use
 
@@ -350,16 +350,16 @@ def run_job(kind: str, seed: int, plan: DemoPlan, out_dir: str):
     return result, time.perf_counter() - start
 
 
-def run_jobs(stages: Stages, jobs: dict, args: tuple, workers: int, log) -> tuple[dict, dict]:
-    """Runs every job not finished before, `workers` at a time (a job once the jobs it needs are
+def run_jobs(stages: Stages, jobs: dict, plan: DemoPlan, out_dir: str, log) -> tuple[dict, dict]:
+    """Runs every job not finished before, plan.workers at a time (a job once the jobs it needs are
     done), recording each in stages.json as it finishes. Returns ({seed<s>: {model: metrics}},
     {seed<s>: {model: checkpoint}})."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    plan, out_dir = args
+    workers = plan.workers
     done = {name for name in jobs if stages.finished(name)[0]}
-    for name in done:
+    for name in (n for n in jobs if n in done):
         log(f"[demo] {name}: done before ({stages.state['stages'][name]['seconds']:.1f} s), reused")
     todo = [name for name in jobs if name not in done]
     if todo:
