@@ -153,7 +153,8 @@ def _stage(name: str, out_dir: str, env_overrides: dict, extra: list[str], log_p
            plan: LlavaPlan, on_start=None) -> tuple[float, bool]:
     """Run one training script unless an earlier run of the chain finished it with the same
     settings (the marker is written only after the script exited 0, so a killed stage is redone
-    from its start, and a stage of another mode or plan is redone). Returns (seconds, reused)."""
+    from its start, and a stage of another mode or plan is redone). out_dir is the chain's own
+    stage folder. Returns (seconds, reused)."""
     marker = os.path.join(out_dir, DONE_MARKER)
     settings = {"script": name, "env": env_overrides, "args": extra, "plan": asdict(plan)}
     if os.path.isfile(marker):
@@ -161,6 +162,10 @@ def _stage(name: str, out_dir: str, env_overrides: dict, extra: list[str], log_p
             done = json.load(f)
         if done.get("settings") == settings:
             return done["seconds"], True
+    # Redone from its start in an empty folder: what a killed or other-settings run left there is
+    # the chain's own (and the training refuses a non-empty folder that is not a run of its own,
+    # e.g. one an older chain version wrote).
+    shutil.rmtree(out_dir, ignore_errors=True)
     if on_start:
         on_start(log_path)
     seconds = _script(name, env_overrides, extra, log_path)

@@ -98,3 +98,31 @@ def test_answer_counter_counts_answers_and_times_only_new_ones(tmp_path, monkeyp
     assert counter() == {"step": 4, "total": 12, "loss": None, "eta_s": 40.0, "unit": "questions"}
     assert P.progress_line("llava-dense answering", 4, 12, None, 40.0, "questions") == \
         "[chain] llava-dense answering: 4/12 questions, ETA 0:40"
+
+
+def test_a_redone_stage_starts_in_an_empty_folder_and_its_log_parses(tmp_path):
+    """A stage folder left by an older chain (its marker with other settings, no training-run
+    record) is cleared, not refused by the training's output-folder check; the stage log the
+    console follows parses to the stage's last step and loss."""
+    import json
+
+    import pytest
+
+    pytest.importorskip("deepspeed")
+    from clipmoe_demo import tiny_llava
+
+    world = tiny_llava.build_world(str(tmp_path / "tiny"))
+    out = tmp_path / "stage1"
+    out.mkdir()
+    (out / llava_runs.DONE_MARKER).write_text(json.dumps({"seconds": 1.0, "settings": {"old": True}}))
+    plan = llava_runs.make_plan(quick=True)
+    log = str(tmp_path / "stage1.log")
+    env = {"TINY_ROOT": world.root, "TINY_OUTPUT_DIR": str(out), "TINY_STEPS": "2"}
+    followed = []
+    seconds, reused = llava_runs._stage("pretrain.sh", str(out), env, [], log, plan, followed.append)
+    assert not reused and seconds > 0 and followed == [log]
+    with open(out / "trainer_state.json") as f:
+        history = [h for h in json.load(f)["log_history"] if "loss" in h]
+    state = P.trainer_log_state(log)
+    assert state["step"] == state["total"] == 2 and state["loss"] == pytest.approx(history[-1]["loss"], rel=1e-3)
+    assert llava_runs._stage("pretrain.sh", str(out), env, [], log, plan) == (seconds, True)  # reused now
