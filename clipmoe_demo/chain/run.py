@@ -61,6 +61,6 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
     path = report.write_report(out_dir, summary)
     log(report.benchmark_table(scores, summary["chance"], {name: run["answers_dir"] for name, run in runs.items()}))
     log(report.interval_table(intervals))
-    log(f"[chain] total {summary['total_seconds']:.1f} s (with the demo's recorded stage times: "
+    log(f"[chain] total {summary['total_seconds']:.1f} s (with the demo's recorded stage times summed, an upper bound: "
         f"{report.chain_seconds(summary):.1f} s); report: {path}")
     return summary
