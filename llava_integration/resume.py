@@ -159,8 +159,19 @@ def read_run_file(output_dir: str) -> dict | None:
                        "remove it and the checkpoint-* folders to start afresh")
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("true", "1", "yes")
+def _overwrite_asked(args: dict[str, str]) -> bool:
+    """--overwrite_output_dir read as transformers' argument parser reads a bool."""
+    value = args.get("--overwrite_output_dir")
+    if value is None:
+        return False
+    from argparse import ArgumentTypeError
+
+    from transformers.hf_argparser import string_to_bool
+
+    try:
+        return string_to_bool(value)
+    except ArgumentTypeError:
+        raise CLIPMoEError(f"--overwrite_output_dir {value}: expected True or False") from None
 
 
 def check_output_dir_is_ours(args: dict[str, str]) -> None:
@@ -168,7 +179,7 @@ def check_output_dir_is_ours(args: dict[str, str]) -> None:
     training output (its RUN_FILE, or checkpoints to resume), unless --overwrite_output_dir True (the
     TrainingArguments flag transformers' example scripts use for the same decision)."""
     output_dir = args.get("--output_dir")
-    if output_dir is None or not os.path.isdir(output_dir) or _truthy(args.get("--overwrite_output_dir")):
+    if output_dir is None or not os.path.isdir(output_dir) or _overwrite_asked(args):
         return
     names = sorted(os.listdir(output_dir))
     if not names or RUN_FILE in names or any(_CHECKPOINT.match(n) for n in names):

@@ -67,7 +67,7 @@ def named_dense_ffn_parameters(model):
             for p_name, p in sub.named_parameters()]
 
 
-def _selected_blocks(model, towers: str, last_k_blocks: int | None):
+def selected_blocks(model, towers: str, last_k_blocks: int | None):
     """The encoder blocks whose FFN parts may train: of both towers or the vision one, the last K or all."""
     blocks = []
     for tower in ("vision", "text") if towers == "both" else ("vision",):
@@ -92,7 +92,7 @@ def select_trainable(model, what: str, towers: str = "both", last_k_blocks: int 
         raise CLIPMoEError(f"towers must be 'both' or 'vision', got {towers!r}")
     wanted = set()
     if what != "all":
-        for block in _selected_blocks(model, towers, last_k_blocks):
+        for block in selected_blocks(model, towers, last_k_blocks):
             parts = []
             if what in ("ffn", "router+experts"):
                 parts += named_dense_ffn_parameters(block) + named_expert_parameters(block)

@@ -35,11 +35,11 @@ from .data import ImageTextDataset, load_records
 from .distributed import main_process_alone, make_accelerator
 from .features import compute_features, has_features, load_features, load_tensors, save_features, save_tensors
 from .models import (
-    _selected_blocks,
     load_model,
     load_preprocessors,
     named_dense_ffn_parameters,
     save_model_dir,
+    selected_blocks,
     set_frozen_logit_scale,
     text_length,
     tower_depth,
@@ -137,7 +137,7 @@ def _ffn_only(stage_model, base, last_k_blocks=None):
     so a trained logit scale (logit_scale=None), the bf16 copy a DeepSpeed run saved, or FFNs trained
     in blocks left dense cannot make the checkpoints disagree outside the experts."""
     stage_model = stage_model.float()
-    kept = {id(p) for block in _selected_blocks(base, "both", last_k_blocks) for p in block.parameters()}
+    kept = {id(p) for block in selected_blocks(base, "both", last_k_blocks) for p in block.parameters()}
     ffn = {name for name, p in named_dense_ffn_parameters(base) if id(p) in kept}
     state = {k: v for k, v in base.state_dict().items() if k not in ffn}
     stage_model.load_state_dict(state, strict=False)

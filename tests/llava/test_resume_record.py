@@ -144,6 +144,9 @@ def test_a_foreign_non_empty_output_dir_is_refused_unless_overwrite_is_asked(run
     with pytest.raises(CLIPMoEError):
         claim_output_dir(argv)  # the training entry point refuses it too, before writing anything
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert refusal(argv + ["--overwrite_output_dir", "maybe"]) == "--overwrite_output_dir maybe: expected True or False"
+    with pytest.raises(CLIPMoEError):
+        check_resume(argv + ["--overwrite_output_dir", "false"])  # read as transformers reads a bool
     claim_output_dir(argv + ["--overwrite_output_dir", "True"])  # asked for: recorded and used
     assert (out / RUN_FILE).is_file() and (out / "notes.txt").read_text() == "a user's file"
     check_resume(argv)  # from now on it is this run's own folder

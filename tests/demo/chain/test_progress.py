@@ -120,9 +120,12 @@ def test_a_redone_stage_starts_in_an_empty_folder_and_its_log_parses(tmp_path):
     env = {"TINY_ROOT": world.root, "TINY_OUTPUT_DIR": str(out), "TINY_STEPS": "2"}
     followed = []
     seconds, reused = llava_runs._stage("pretrain.sh", str(out), env, [], log, plan, followed.append)
-    assert not reused and seconds > 0 and followed == [log]
+    assert not reused and followed == [log]
+    with open(out / llava_runs.DONE_MARKER) as f:
+        recorded = json.load(f)  # the old marker replaced by this run's, with its settings
+    assert recorded["seconds"] == seconds and recorded["settings"] != {"old": True}
     with open(out / "trainer_state.json") as f:
         history = [h for h in json.load(f)["log_history"] if "loss" in h]
     state = P.trainer_log_state(log)
     assert state["step"] == state["total"] == 2 and state["loss"] == pytest.approx(history[-1]["loss"], rel=1e-3)
-    assert llava_runs._stage("pretrain.sh", str(out), env, [], log, plan) == (seconds, True)  # reused now
+    assert llava_runs._stage("pretrain.sh", str(out), env, [], log, plan) == (recorded["seconds"], True)  # reused now
