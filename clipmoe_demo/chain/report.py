@@ -13,6 +13,7 @@ import os
 from collections import Counter
 
 RUN_LABELS = {"dense": "LLaVA + dense CLIP tower", "clip-moe": "LLaVA + CLIP-MoE tower"}
+LOSS_FIGURE = "llava_loss_curves.png"
 DEMO_STAGE = "DMU demo (wall clock of run_demo; its stages above)"
 
 
@@ -159,26 +160,40 @@ def chain_seconds(summary: dict) -> float:
     return sum(summary["demo"]["timings"].values()) + after_demo
 
 
+def saved_results(summary: dict) -> dict:
+    """What results.json holds: the summary with the demo's summary replaced by the figures the
+    report shows from it (its zero-shot table, chance row and stage times)."""
+    demo = summary["demo"]
+    return ({k: v for k, v in summary.items() if k != "demo"}
+            | {"zero_shot": demo["results"], "zero_shot_chance": demo["chance"], "demo_timings": demo["timings"],
+               "chain_seconds_with_demo_stage_times": chain_seconds(summary)})
+
+
 def write_report(out_dir: str, summary: dict) -> str:
     """summary: mode, demo (run_demo's summary), demo_dir, plan, runs, scores, chance, curves,
-    timings ({stage: seconds}, wall clock of the chain), total_seconds."""
-    figure = plot_llava_losses(summary["curves"], os.path.join(out_dir, "llava_loss_curves.png"),
-                               summary["language_model"]["history"])
+    timings ({stage: seconds}, wall clock of the chain), total_seconds, cpu_count. Writes
+    results.json, then report.md rendered from what results.json holds (render_saved redoes it)."""
+    plot_llava_losses(summary["curves"], os.path.join(out_dir, LOSS_FIGURE), summary["language_model"]["history"])
+    saved = saved_results(summary)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
-        demo = summary["demo"]
-        json.dump({k: v for k, v in summary.items() if k != "demo"}
-                  | {"zero_shot": demo["results"], "zero_shot_chance": demo["chance"], "demo_timings": demo["timings"],
-                     "chain_seconds_with_demo_stage_times": chain_seconds(summary)}, f, indent=1)
+        json.dump(saved, f, indent=1)
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as f:
-        f.write(markdown(out_dir, summary, figure))
+        f.write(markdown(out_dir, json.loads(json.dumps(saved))))  # as read back: tuples become lists
     return path
 
 
-def markdown(out_dir: str, summary: dict, loss_figure: str) -> str:
+def render_saved(out_dir: str) -> str:
+    """report.md's text from DIR/results.json alone (and the figures beside it)."""
+    with open(os.path.join(out_dir, "results.json")) as f:
+        return markdown(out_dir, json.load(f))
+
+
+def markdown(out_dir: str, summary: dict) -> str:
+    """summary: what results.json holds (saved_results)."""
     from ..encoder.report import results_table
 
-    demo, plan = summary["demo"], summary["plan"]
+    plan = summary["plan"]
     demo_rel = os.path.relpath(summary["demo_dir"], out_dir)
     runs = summary["runs"]
     md = [f"# CLIP-MoE chain: dense CLIP -> CLIP-MoE (DMU) -> LLaVA -> benchmarks ({summary['mode']} mode)", ""]
@@ -187,7 +202,7 @@ def markdown(out_dir: str, summary: dict, loss_figure: str) -> str:
 
     md += ["## 1. Zero-shot CLIP results (DMU demo)", ""]
     md += [f"From the demo in `{demo_rel}/` (its full report: `{demo_rel}/report.md`); percent, last row = chance.", ""]
-    md += [results_table(demo["results"], demo["chance"]), ""]
+    md += [results_table(summary["zero_shot"], summary["zero_shot_chance"]), ""]
 
     md += ["## 2. LLaVA with each tower, same LLM, data and budget", ""]
     first = runs[next(iter(runs))]
@@ -219,24 +234,24 @@ def markdown(out_dir: str, summary: dict, loss_figure: str) -> str:
     md += [""]
 
     md += ["## 3. Figures", ""]
-    md += [f"![LLaVA loss curves]({os.path.basename(loss_figure)})", ""]
+    md += [f"![LLaVA loss curves]({LOSS_FIGURE})", ""]
     for name in ("routing_clip-moe.png", "routing_upcycling.png", "loss_curves.png"):
         if os.path.isfile(os.path.join(summary["demo_dir"], name)):
             md += [f"![demo {name}]({demo_rel}/{name})", ""]
 
     md += ["## 4. Time per stage", ""]
-    md += [(f"Wall clock, {os.cpu_count()} CPU(s); 1-minute load average at the start: "
+    md += [(f"Wall clock, {summary['cpu_count']} CPU(s); 1-minute load average at the start: "
             f"{summary.get('load_average_1min_at_start')}. The two LLaVA runs train side by side, then answer side "
             "by side, one process (one torch thread) each, so their times overlap; the chain's LLaVA stage is their "
             "wall clock."), ""]
     md += ["| stage | seconds |", "|---|---:|"]
-    md += [f"| demo: {name} | {sec:.1f} |" for name, sec in demo["timings"].items()]
+    md += [f"| demo: {name} | {sec:.1f} |" for name, sec in summary["demo_timings"].items()]
     md += [f"| {name} | {sec:.1f} |" for name, sec in summary["timings"].items()]
     for name, run in runs.items():
         md += [f"| &nbsp;&nbsp;{name}: {stage}{' (reused: finished by an earlier run)' if run['reused'].get(stage) else ''} "
                f"| {sec:.1f} |" for stage, sec in run["seconds"].items()]
     md += [f"| **total (wall clock of this command)** | **{summary['total_seconds']:.1f}** |"]
-    md += [f"| **total, demo counted by the sum of its recorded stage times (its parallel workers' stages overlap: an upper bound)** | **{chain_seconds(summary):.1f}** |", ""]
+    md += [f"| **total, demo counted by the sum of its recorded stage times (its parallel workers' stages overlap: an upper bound)** | **{summary['chain_seconds_with_demo_stage_times']:.1f}** |", ""]
     md += ["## Settings", "", f"`{json.dumps(plan)}`", ""]
     md += ["## The evaluation call (CLIP-MoE run; the dense run's differs only in its folders)", "", "```python"]
     md += ["import eval_mllm", "", runs["clip-moe"]["eval_call"], "```", ""]

@@ -56,7 +56,7 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
     summary = {"mode": "quick" if quick else "full", "demo": demo, "demo_dir": demo_dir,
                "plan": llava_runs.plan_dict(plan), "benchmarks": benchmarks, "runs": runs, "scores": scores,
                "intervals": intervals, "chance": report.chance_levels(benchmarks), "curves": curves, "language_model": llm, "timings": timings,
-               "load_average_1min_at_start": load}
+               "load_average_1min_at_start": load, "cpu_count": os.cpu_count()}
     summary["total_seconds"] = time.perf_counter() - start
     path = report.write_report(out_dir, summary)
     log(report.benchmark_table(scores, summary["chance"], {name: run["answers_dir"] for name, run in runs.items()}))

@@ -104,3 +104,14 @@ def test_bootstrap_intervals_hold_the_scores_and_are_in_the_report(chain):
         assert interval["difference"]["value"] == pytest.approx(
             interval["runs"]["dense"]["value"] - interval["runs"]["clip-moe"]["value"], abs=1e-9)
     assert interval_table(results["intervals"]) in report  # rendered from what results.json holds
+
+
+def test_the_report_is_rendered_from_the_files_the_run_wrote(chain):
+    from clipmoe_demo.chain.report import render_saved
+
+    out, _, results, report = chain
+    assert render_saved(out) == report  # every figure in it is in results.json (or a figure file beside it)
+    for figure in re.findall(r"\]\(([^)]+\.png)\)", report):
+        assert os.path.isfile(os.path.join(out, figure)), figure
+    zero_shot = results["zero_shot"]["clip-moe"]["i2t_r1"]
+    assert f"{zero_shot:.1f}" in report
