@@ -1,0 +1,144 @@
+"""Text-only existence probe of the chain's language model (see README.md here).
+
+python scripts/demo_probes/lm_existence_probe.py --out DIR [--fresh] [--loss answer] [--steps 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+from collections import Counter
+
+import numpy as np
+import torch
+from llava.conversation import conv_templates
+from transformers import LlamaForCausalLM, get_cosine_schedule_with_warmup
+
+from clipmoe_demo import tiny_llava as tiny
+from clipmoe_demo import world as W
+from clipmoe_demo.chain import data as D
+
+CORPUS_SCENES = 2400  # the full chain's n_train
+
+
+def scene(split: str, index: int, settings: W.WorldSettings) -> dict:
+    """A scene's attributes and captions without drawing it (the generator alone is cheap)."""
+    return {**W.sample_scene(W.scene_rng(settings.seed, split, index), settings).to_dict(), "index": index,
+            "image": f"{split}/{index}.png"}
+
+
+def conversation_text(s: dict) -> str:
+    """The chain's stage-2 conversation of the scene, its caption where the image was."""
+    conv = conv_templates["vicuna_v1"].copy()
+    for turn in D.finetune_records([s])[0]["conversations"]:
+        conv.append_message(conv.roles[0] if turn["from"] == "human" else conv.roles[1],
+                            turn["value"].replace("<image>", s["caption"]).strip())
+    return conv.get_prompt()
+
+
+def probe_questions(tests: list[dict]) -> list[tuple[str, str, str]]:
+    """(caption, question, answer): per scene one present pair, one random and one near-miss absent pair."""
+    out = []
+    for s in tests:
+        rng = random.Random(f"probe-{s['index']}")
+        (yes, _), (no, _) = D.existence_turns(s, rng)
+        near = D.pope_negatives(s, "adversarial", 1, rng, Counter())
+        out += [(s["caption"], yes, "Yes"), (s["caption"], no, "No")]
+        out += [(s["caption"], f"{D.existence_question(*pair)}\n{D.SHORT_ANSWER}", "No") for pair in near]
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="folder for the tokenizer and model")
+    p.add_argument("--fresh", action="store_true", help="new scenes every batch instead of the chain's fixed ones")
+    p.add_argument("--loss", choices=("full", "answer"), default="full", help="loss on every token or on the answers")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--eval-every", type=int, default=250)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    settings = W.WorldSettings(image_size=48)
+    corpus = [scene("train", i, settings) for i in range(CORPUS_SCENES)]
+    tokenizer = tiny.build_tokenizer(a.out, tiny.conversation_corpus(
+        D.pretrain_records(corpus), D.finetune_records(corpus), joined=True), vocab_size=1000)
+    tiny.build_llm(a.out, len(tokenizer), 0, hidden_size=a.hidden, intermediate_size=2 * a.hidden, num_hidden_layers=a.layers)
+    model = LlamaForCausalLM.from_pretrained(a.out)
+    answer_ids = {word: tokenizer(f" {word}", add_special_tokens=False)["input_ids"][-1] for word in ("Yes", "No")}
+    assistant = tokenizer(" ASSISTANT:", add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+
+    def encode(s):
+        ids = tokenizer(conversation_text(s))["input_ids"][:256]
+        if a.loss == "full":
+            return ids, list(ids)
+        labels = [-100] * len(ids)  # the tokens after each "ASSISTANT:" up to and with its </s>
+        for k in range(len(ids) - len(assistant)):
+            if ids[k:k + len(assistant)] == assistant:
+                j = k + len(assistant)
+                while j < len(ids):
+                    labels[j] = ids[j]
+                    if ids[j] == eos:
+                        break
+                    j += 1
+        return ids, labels
+
+    probes = []
+    for caption, question, answer in probe_questions([scene("test", i, settings) for i in range(200)]):
+        conv = conv_templates["vicuna_v1"].copy()
+        conv.append_message(conv.roles[0], f"{caption}\n{question}")
+        conv.append_message(conv.roles[1], None)
+        probes.append((tokenizer(conv.get_prompt())["input_ids"], answer))
+
+    @torch.no_grad()
+    def evaluate() -> dict:
+        model.eval()
+        right, said_yes = Counter(), 0
+        for ids, answer in probes:
+            logits = model(torch.tensor([ids])).logits[0, -1]
+            guess = "Yes" if logits[answer_ids["Yes"]] > logits[answer_ids["No"]] else "No"
+            right[answer] += guess == answer
+            said_yes += guess == "Yes"
+        model.train()
+        totals = Counter(answer for _, answer in probes)
+        per_answer = {f"right_when_{k}": round(100 * right[k] / totals[k], 1) for k in totals}
+        # balanced: a third of the probes are "Yes", so always answering "No" scores 66.7 plain accuracy, 50 balanced
+        return {"balanced_accuracy": round(sum(per_answer.values()) / len(per_answer), 1),
+                "yes_ratio": round(100 * said_yes / len(probes), 1), **per_answer}
+
+    fixed = None if a.fresh else [encode(s) for s in corpus]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, a.steps // 20), a.steps)
+    rng, next_scene, start, window = random.Random(0), 10**6, time.perf_counter(), []
+    for step in range(1, a.steps + 1):
+        if fixed:
+            rows = rng.sample(fixed, a.batch)
+        else:
+            rows = [encode(scene("train", next_scene + k, settings)) for k in range(a.batch)]
+            next_scene += a.batch
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, (x, y) in enumerate(rows):
+            ids[i, :len(x)], labels[i, :len(y)], mask[i, :len(x)] = torch.tensor(x), torch.tensor(y), 1
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        window.append(loss.item())
+        if step % a.eval_every == 0 or step == a.steps:
+            print(step, f"loss {np.mean(window):.3f}", evaluate(), f"{time.perf_counter() - start:.0f} s", flush=True)
+            window = []
+
+
+if __name__ == "__main__":
+    main()
