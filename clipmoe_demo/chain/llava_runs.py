@@ -276,8 +276,9 @@ def run_both(towers: dict, llm_dir: str, data_paths: dict, benchmarks: dict, out
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-    from .progress import AnswerCounter, ProgressFollower
+    from .progress import AnswerCounter, ProgressFollower, whole_lines
 
+    log = whole_lines(log)  # the two runs' threads and the progress follower print side by side
     current: dict = {}
 
     def train(name):

@@ -103,6 +103,18 @@ class AnswerCounter:
         return {"step": done, "total": self.total, "loss": None, "eta_s": eta, "unit": "questions"}
 
 
+def whole_lines(log):
+    """log, made safe for threads that print side by side: print writes a line and its newline
+    separately, so two threads' lines ran together ("...training (dense)[chain] llava-clip-moe: ...")."""
+    lock = threading.Lock()
+
+    def locked(line: str) -> None:
+        with lock:
+            log(line)
+
+    return locked
+
+
 class Throttle:
     """Lets a caller in a training loop print at most every `every` seconds (and at the end)."""
 

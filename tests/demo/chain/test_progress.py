@@ -129,3 +129,27 @@ def test_a_redone_stage_starts_in_an_empty_folder_and_its_log_parses(tmp_path):
     state = P.trainer_log_state(log)
     assert state["step"] == state["total"] == 2 and state["loss"] == pytest.approx(history[-1]["loss"], rel=1e-3)
     assert llava_runs._stage("pretrain.sh", str(out), env, [], log, plan) == (recorded["seconds"], True)  # reused now
+
+
+def test_lines_logged_from_threads_side_by_side_stay_whole():
+    """A log that writes a line and its newline separately (as print does) runs lines together
+    when two threads use it at once; whole_lines serialises it."""
+    import io
+    import threading
+    import time
+
+    out = io.StringIO()
+
+    def two_writes(line):
+        out.write(line)
+        time.sleep(0.002)
+        out.write("\n")
+
+    log = P.whole_lines(two_writes)
+    threads = [threading.Thread(target=lambda k=k: [log(f"[chain] run{k} line {i}") for i in range(20)]) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = out.getvalue().splitlines()
+    assert sorted(lines) == sorted(f"[chain] run{k} line {i}" for k in range(2) for i in range(20))
