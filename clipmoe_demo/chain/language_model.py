@@ -71,6 +71,19 @@ def _collate(rows: list[list[int]]):
     return ids, mask, labels
 
 
+def clipped_step(loss, parameters, optimizer, schedule, max_norm: float = 1.0) -> float:
+    """One update: backward, the gradient norm clipped, optimizer and schedule stepped, gradients
+    cleared; returns the loss value."""
+    import torch
+
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def train_language_model(model_dir: str, texts: list[str], steps: int, batch: int, lr: float, seed: int,
                          max_length: int = 256, log_every: int = 10, log=None, progress_every: float = 30.0) -> list[dict]:
     """Causal-LM training of the Llama in model_dir on texts (AdamW, warmup then cosine); saves
@@ -97,12 +110,7 @@ def train_language_model(model_dir: str, texts: list[str], steps: int, batch: in
     for step, rows in enumerate(_batches(encoded, batch, steps, seed), start=1):
         ids, mask, labels = _collate(rows)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        window.append(loss.item())
+        window.append(clipped_step(loss, model.parameters(), optimizer, schedule))
         if step % log_every == 0 or step == steps:
             history.append({"step": step, "loss": sum(window) / len(window)})
             window = []

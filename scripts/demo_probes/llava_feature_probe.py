@@ -30,6 +30,7 @@ from transformers import (
 
 from clipmoe_demo import world as W
 from clipmoe_demo.chain import data as D
+from clipmoe_demo.chain.language_model import clipped_step
 
 
 @torch.no_grad()
@@ -137,13 +138,7 @@ def main(argv=None) -> None:
         mask = torch.stack([torch.arange(width) < len(r) for r, _ in rows]).long()
         logits = llm(inputs_embeds=x, attention_mask=mask).logits
         picked = torch.stack([logits[row, pos] for row, (_, positions) in enumerate(rows) for pos in positions])
-        loss = nn.functional.cross_entropy(picked, torch.tensor(targets))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        window.append(loss.item())
+        window.append(clipped_step(nn.functional.cross_entropy(picked, torch.tensor(targets)), params, optimizer, schedule))
         if step % a.eval_every == 0 or step == a.steps:
             print(step, f"loss {np.mean(window):.3f}", evaluate(), f"{time.perf_counter() - start:.0f} s", flush=True)
             window = []

@@ -19,6 +19,7 @@ from transformers import LlamaForCausalLM, get_cosine_schedule_with_warmup
 from clipmoe_demo import tiny_llava as tiny
 from clipmoe_demo import world as W
 from clipmoe_demo.chain import data as D
+from clipmoe_demo.chain.language_model import clipped_step
 
 CORPUS_SCENES = 2400  # the full chain's n_train
 
@@ -129,12 +130,7 @@ def main(argv=None) -> None:
         for i, (x, y) in enumerate(rows):
             ids[i, :len(x)], labels[i, :len(y)], mask[i, :len(x)] = torch.tensor(x), torch.tensor(y), 1
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        window.append(loss.item())
+        window.append(clipped_step(loss, model.parameters(), optimizer, schedule))
         if step % a.eval_every == 0 or step == a.steps:
             print(step, f"loss {np.mean(window):.3f}", evaluate(), f"{time.perf_counter() - start:.0f} s", flush=True)
             window = []
