@@ -6,7 +6,6 @@ python scripts/demo_probes/lm_existence_probe.py --out DIR [--fresh] [--loss ans
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import time
 from collections import Counter
