@@ -29,10 +29,20 @@ def scene(split: str, index: int, settings: W.WorldSettings) -> dict:
             "image": f"{split}/{index}.png"}
 
 
-def conversation_text(s: dict) -> str:
-    """The chain's stage-2 conversation of the scene, its caption where the image was."""
+def conversation_text(s: dict, existence_pairs: int = 0) -> str:
+    """The chain's stage-2 conversation of the scene, its caption where the image was; with
+    existence_pairs > 0 instead that many "Yes" and as many "No" existence questions in a random
+    order (denser supervision of the lookup the probe asks for)."""
+    turns = D.finetune_records([s])[0]["conversations"]
+    if existence_pairs:
+        rng = random.Random(f"dense-{s['index']}")
+        asked = [qa for _ in range(existence_pairs) for qa in D.existence_turns(s, rng)]
+        rng.shuffle(asked)
+        turns = [{"from": who, "value": text} for question, answer in asked
+                 for who, text in (("human", question), ("gpt", answer))]
+        turns[0]["value"] = "<image>\n" + turns[0]["value"]
     conv = conv_templates["vicuna_v1"].copy()
-    for turn in D.finetune_records([s])[0]["conversations"]:
+    for turn in turns:
         conv.append_message(conv.roles[0] if turn["from"] == "human" else conv.roles[1],
                             turn["value"].replace("<image>", s["caption"]).strip())
     return conv.get_prompt()
@@ -55,6 +65,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, help="folder for the tokenizer and model")
     p.add_argument("--fresh", action="store_true", help="new scenes every batch instead of the chain's fixed ones")
     p.add_argument("--loss", choices=("full", "answer"), default="full", help="loss on every token or on the answers")
+    p.add_argument("--existence-pairs", type=int, default=0,
+                   help="train on conversations of this many Yes and No existence questions instead of the chain's mix")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--hidden", type=int, default=128)
@@ -75,7 +87,7 @@ def main(argv=None) -> None:
     eos = tokenizer.eos_token_id
 
     def encode(s):
-        ids = tokenizer(conversation_text(s))["input_ids"][:256]
+        ids = tokenizer(conversation_text(s, a.existence_pairs))["input_ids"][:512]
         if a.loss == "full":
             return ids, list(ids)
         labels = [-100] * len(ids)  # the tokens after each "ASSISTANT:" up to and with its </s>
