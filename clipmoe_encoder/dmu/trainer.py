@@ -302,7 +302,7 @@ def finish_stage(accelerator, summary, stage_dir, tokenizer, image_processor) ->
 
 
 def train_contrastive(model_dir_or_model, data_path, out_dir, spec: StageSpec | None = None, *, image_root=None, tokenizer=None,
-                      image_processor=None, mixed_precision: str = "auto", **spec_fields) -> str:
+                      image_processor=None, mixed_precision: str = "auto", batch_groups=None, **spec_fields) -> str:
     """Train a dense CLIP or a CLIP-MoE contrastively on a data file; returns the saved model directory.
 
     model_dir_or_model: a directory (dense 'clip' or 'clipmoe', with tokenizer and image processor)
@@ -310,6 +310,9 @@ def train_contrastive(model_dir_or_model, data_path, out_dir, spec: StageSpec | 
     spec: the stage's settings (StageSpec; its defaults when None); keywords named as StageSpec's
     fields override it (e.g. trainable="router", batch_size=64 for the GLOBAL batch, logit_scale=None
     to use and train the model's temperature).
+    batch_groups: one integer per record of the data file: every batch is drawn from one group, as
+    MCL draws its batches from one cluster (small_clusters says what happens to the leftovers);
+    none = batches drawn from all records.
     Logs to <out_dir>/<stage_name>/log.jsonl; the model goes to <out_dir>/<stage_name>/model.
     Rerunning resumes from the last checkpoint; a finished run returns at once.
     """
@@ -329,8 +332,11 @@ def train_contrastive(model_dir_or_model, data_path, out_dir, spec: StageSpec | 
         if tokenizer is None or image_processor is None:
             raise CLIPMoEError("train_contrastive: pass tokenizer= and image_processor= with a model object")
     records, _ = load_records(data_path, image_root, skip_bad=spec.skip_bad)
+    if batch_groups is not None and len(batch_groups) != len(records):
+        raise CLIPMoEError(f"{data_path}: batch_groups has {len(batch_groups)} entries for {len(records)} records")
     dataset = ImageTextDataset(records, image_processor, tokenizer, text_length(model), spec.skip_bad)
     accelerator = make_accelerator(mixed_precision)
     torch.manual_seed(spec.seed)
-    summary = train_stage(accelerator, model, dataset, spec, stage_dir)
+    summary = train_stage(accelerator, model, dataset, spec, stage_dir,
+                          None if batch_groups is None else np.asarray(batch_groups, dtype=np.int64))
     return finish_stage(accelerator, summary, stage_dir, tokenizer, image_processor)

@@ -53,6 +53,8 @@ def main(argv=None) -> None:
     p.add_argument("--hidden", type=int, default=FULL.hidden_size)
     p.add_argument("--layers", type=int, default=FULL.num_layers)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batches-within", choices=("none", "colour"), default="none",
+                   help="colour: every batch from scenes of one main colour (ground truth), so colour tells no captions apart")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     with open(os.path.join(a.world, "world.json")) as f:
@@ -60,8 +62,12 @@ def main(argv=None) -> None:
     size = dataclasses.replace(FULL, image_size=image_size, patch_size=a.patch, hidden_size=a.hidden, num_layers=a.layers)
     init = write_base_init(os.path.join(a.out, "init"), size, W.vocabulary(), a.seed)
     start = time.perf_counter()
+    groups = None
+    if a.batches_within == "colour":  # train.jsonl lists the training scenes in order
+        groups = [list(W.COLOURS).index(s["groups"][0]["colour"]) for s in W.read_scenes(a.world, "train")]
     model = train_contrastive(init, os.path.join(a.world, "train.jsonl"), a.out, trainable="all", stage_name="base",
-                              seed=a.seed, epochs=a.epochs, batch_size=a.batch, lr=a.lr, warmup_steps=50, logit_scale=None)
+                              seed=a.seed, epochs=a.epochs, batch_size=a.batch, lr=a.lr, warmup_steps=50, logit_scale=None,
+                              batch_groups=groups)
     seconds = time.perf_counter() - start
     metrics = demo.evaluate_model(model, demo.evaluation_set(a.world))
     zero_shot = {k: round(v, 1) for k, v in metrics.items() if k.endswith("_top1") or k == "i2t_r1"}

@@ -37,6 +37,18 @@ def test_train_from_a_model_object_and_skip_a_corrupt_image(tmp_path):
     assert train_contrastive(base, data, str(tmp_path / "skip"), skip_bad=True) == out  # finished: returns at once
 
 
+def test_batch_groups_draw_every_batch_from_one_group(tmp_path):
+    base = make_base(str(tmp_path / "base"))
+    data = write_sharegpt(str(tmp_path / "data"), make_pairs(str(tmp_path / "data"), 12))
+    groups = [0, 1, 2] * 4  # 4 records a group: batches of 4 hold one group each
+    train_contrastive(base, data, str(tmp_path / "out"), batch_size=4, batch_groups=groups)
+    with open(tmp_path / "out" / "train" / "done.json") as f:
+        sampler = json.load(f)["sampler"]
+    assert sampler["clusters"] == 3 and sampler["cluster_batches"] == 3 and sampler["mixed_batches"] == 0
+    with pytest.raises(CLIPMoEError, match="batch_groups has 11 entries for 12 records"):
+        train_contrastive(base, data, str(tmp_path / "short"), batch_size=4, batch_groups=groups[:11])
+
+
 def test_prepare_base_stretches_text_positions_to_248(tmp_path):
     src = str(tmp_path / "b77")
     tok = make_tokenizer(src)

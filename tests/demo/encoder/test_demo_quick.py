@@ -138,7 +138,7 @@ def test_the_diagnostic_probes_run_on_a_demo_world(quick_demo, tmp_path, capsys)
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("2 loss ") and "'pope_mean'" in line and "'adversarial'" in line
     _script("base_variant").main(["--world", world, "--out", str(tmp_path / "base"), "--epochs", "1", "--batch", "32",
-                                  "--patch", "4", "--hidden", "32", "--layers", "1"])
+                                  "--patch", "4", "--hidden", "32", "--layers", "1", "--batches-within", "colour"])
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for attribute in ("shape", "colour", "count", "size"):
         assert 0 <= figures[f"{attribute}_top1"] <= 100 and 0 <= figures[f"{attribute}_linear_probe"] <= 100
