@@ -1,7 +1,7 @@
 """The chain's console progress: parsing a Trainer's console output (as the DeepSpeed stages write
 it to their logs), the follower thread over a log being written, and the LM training's lines."""
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import partial
 
 from clipmoe_demo import world as W
@@ -119,16 +119,18 @@ def test_a_redone_stage_starts_in_an_empty_folder_and_its_log_parses(tmp_path):
     log = str(tmp_path / "stage1.log")
     env = {"TINY_ROOT": world.root, "TINY_OUTPUT_DIR": str(out), "TINY_STEPS": "2"}
     followed = []
-    seconds, reused = llava_runs._stage("pretrain.sh", str(out), env, [], log, plan, followed.append)
+    _, reused = llava_runs._stage("pretrain.sh", str(out), env, [], log, plan, followed.append)
     assert not reused and followed == [log]
-    with open(out / llava_runs.DONE_MARKER) as f:
-        recorded = json.load(f)  # the old marker replaced by this run's, with its settings
-    assert recorded["seconds"] == seconds and recorded["settings"] != {"old": True}
+    with open(out / llava_runs.DONE_MARKER) as f:  # the old marker replaced by one with this stage's settings
+        assert json.load(f)["settings"] == {"script": "pretrain.sh", "env": env, "args": [], "plan": asdict(plan)}
     with open(out / "trainer_state.json") as f:
         history = [h for h in json.load(f)["log_history"] if "loss" in h]
     state = P.trainer_log_state(log)
     assert state["step"] == state["total"] == 2 and state["loss"] == pytest.approx(history[-1]["loss"], rel=1e-3)
-    assert llava_runs._stage("pretrain.sh", str(out), env, [], log, plan) == (recorded["seconds"], True)  # reused now
+    trained = (out / "trainer_state.json").stat().st_mtime_ns
+    _, reused = llava_runs._stage("pretrain.sh", str(out), env, [], log, plan, followed.append)
+    assert reused and followed == [log]  # the same settings: not run again (no new start, the checkpoint untouched)
+    assert (out / "trainer_state.json").stat().st_mtime_ns == trained
 
 
 def test_lines_logged_from_threads_side_by_side_stay_whole():
