@@ -26,16 +26,14 @@ HEADLINES = (("pope", "POPE accuracy, mean of 3 splits"), ("gqa", "GQA-style acc
 
 def pope_correct(question_file: str, annotation_dir: str, answers_file: str) -> dict[str, list[int]]:
     """{split: [right?]}: POPE's label of each question and LLaVA's yes/no reading of its answer."""
-    from eval_mllm.scorers.common import load_answers, qid_key, read_questions
-    from eval_mllm.scorers.pope import _question_text, load_labels, parse_yes_no
+    from eval_mllm.scorers.common import load_answers
+    from eval_mllm.scorers.pope import parse_yes_no, question_labels
 
-    labels = load_labels(annotation_dir)
-    questions = read_questions(question_file, {"question_id": (int, str), "category": str})
-    answers = load_answers(answers_file, [qid_key(q["question_id"]) for q in questions])
+    labelled = question_labels(annotation_dir, question_file)
+    answers = load_answers(answers_file, list(labelled))
     out: dict[str, list[int]] = {}
-    for q in questions:
-        label = labels[q["category"]][(q["image"], _question_text(q["text"]))]
-        out.setdefault(q["category"], []).append(int(parse_yes_no(answers.text(qid_key(q["question_id"]))) == label))
+    for key, (split, label) in labelled.items():
+        out.setdefault(split, []).append(int(parse_yes_no(answers.text(key)) == label))
     return dict(sorted(out.items()))
 
 

@@ -38,7 +38,8 @@ def parse_yes_no(text: str) -> str:
     return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
 
 
-def _question_text(text: str) -> str:
+def question_text(text: str) -> str:
+    """The question as the label files key it: the first line (the instruction line dropped)."""
     return text.split("\n")[0].strip()
 
 
@@ -55,7 +56,7 @@ def load_labels(annotation_dir):
         fields = {"image": str, "text": str, "label": str}
         split = labels.setdefault(match.group(1), {})
         for i, rec in enumerate(read_questions(path, fields)):
-            key = (rec["image"], _question_text(rec["text"]))
+            key = (rec["image"], question_text(rec["text"]))
             label = rec["label"].strip().lower()
             if label not in ("yes", "no"):
                 raise ScorerInputError(f"{path}: record {i + 1}: field 'label' must be yes or no")
@@ -86,13 +87,15 @@ def split_metrics(pairs):
             "recall": recall, "f1": f1, "yes_ratio": pct(tp + fp, len(pairs))}
 
 
-def score(annotation_dir, question_file, result_file):
+def question_labels(annotation_dir, question_file):
+    """``{question key: (split, label)}`` in question-file order: each question's split (its
+    category) and its label, inline or from the split's label file, checked as the scorer needs."""
     labels = load_labels(annotation_dir)
     questions = read_questions(question_file, {"question_id": (int, str), "category": str})
-    split_of, label_of = {}, {}
+    labelled = {}
     for i, q in enumerate(questions):
         key = qid_key(q["question_id"])
-        if key in split_of:
+        if key in labelled:
             raise ScorerInputError(f"{question_file}: line {i + 1}: duplicate question_id {key!r}")
         split = q["category"]
         if split not in labels:
@@ -107,17 +110,22 @@ def score(annotation_dir, question_file, result_file):
             for field in ("image", "text"):
                 if not isinstance(q.get(field), str):
                     raise ScorerInputError(f"{question_file}: line {i + 1}: missing field '{field}'")
-            label = labels[split].get((q["image"], _question_text(q["text"])))
+            label = labels[split].get((q["image"], question_text(q["text"])))
             if label is None:
                 raise ScorerInputError(
                     f"{question_file}: line {i + 1}: no label in coco_pope_{split}.json for "
-                    f"image {q['image']!r} and question {_question_text(q['text'])!r}")
-        split_of[key], label_of[key] = split, label
+                    f"image {q['image']!r} and question {question_text(q['text'])!r}")
+        labelled[key] = (split, label)
+    return labelled
 
-    answers = load_answers(result_file, list(split_of))
-    pairs = {split: [] for split in sorted(set(split_of.values()))}
+
+def score(annotation_dir, question_file, result_file):
+    labelled = question_labels(annotation_dir, question_file)
+    answers = load_answers(result_file, list(labelled))
+    pairs = {split: [] for split in sorted({split for split, _ in labelled.values()})}
     for key, record in answers.by_key.items():
-        pairs[split_of[key]].append((parse_yes_no(record["text"]), label_of[key]))
+        split, label = labelled[key]
+        pairs[split].append((parse_yes_no(record["text"]), label))
     splits = {split: split_metrics(p) for split, p in pairs.items()}
     scored = [m for m in splits.values() if m["n_scored"]]
     return {"benchmark": BENCHMARK,
