@@ -124,7 +124,7 @@ class Stages:
         its output path (if it is one) still exists."""
         done, result = self.finished(name)
         if done:
-            self.log(f"[demo] {name}: done before ({self.state['stages'][name]['seconds']:.1f} s), reused")
+            self.say_reused(name)
             return result
         self.log(f"[demo] {name}: running")
         start = time.perf_counter()
@@ -138,6 +138,9 @@ class Stages:
         if done is not None and (not isinstance(done["result"], str) or os.path.exists(done["result"])):
             return True, done["result"]
         return False, None
+
+    def say_reused(self, name: str) -> None:
+        self.log(f"[demo] {name}: done before ({self.state['stages'][name]['seconds']:.1f} s), reused")
 
     def record(self, name: str, result, seconds: float):
         self.state["stages"][name] = {"result": result, "seconds": seconds}
@@ -193,23 +196,10 @@ class _EncodedOnce:
         return self.encoder.encode_texts(texts, **kwargs)
 
 
-def prompt_classifier(encoder, prompts: list[list[str]]):
-    """(C, D) class embeddings: each class's normalised mean of its normalised prompt embeddings,
-    as zero_shot_classifier makes them from templates, for classes whose prompts no single
-    template writes (world.classification_tasks)."""
-    import torch
-    import torch.nn.functional as F
-
-    flat = [p for class_prompts in prompts for p in class_prompts]
-    emb = F.normalize(encoder.encode_texts(flat).float(), dim=-1)
-    sizes = [len(p) for p in prompts]
-    return F.normalize(torch.stack([chunk.mean(0) for chunk in emb.split(sizes)]), dim=-1)
-
-
 def evaluate_model(model_dir: str, eval_set: dict) -> dict:
     """Held-out retrieval (R@1/5/10 both ways) and top-1/5 classification of every task."""
     from clipmoe_encoder.zeroshot import evaluate_retrieval, load_encoder
-    from clipmoe_encoder.zeroshot.metrics import classification_accuracy
+    from clipmoe_encoder.zeroshot.metrics import classification_accuracy, prompt_classifier
 
     encoder = _EncodedOnce(load_encoder(model_dir), eval_set["images"])
     metrics = dict(evaluate_retrieval(encoder, eval_set["images"], eval_set["captions"]))
@@ -248,7 +238,7 @@ def run_demo(out_dir: str, quick: bool = False, log=None, seeds=None, workers=No
 
     stages.run("world", lambda: (W.write_world(world_dir, plan.world), world_dir)[1])
     eval_set = evaluation_set(world_dir)
-    results_by_seed, checkpoints = run_jobs(stages, training_jobs(plan), plan, out_dir, log)
+    results_by_seed, checkpoints = run_jobs(stages, training_jobs(plan), plan, out_dir)
     seed0 = f"seed{plan.seeds[0]}"
     models = checkpoints[seed0]  # the checkpoints the mechanism, cost and LLaVA chain use
 
@@ -350,7 +340,7 @@ def run_job(kind: str, seed: int, plan: DemoPlan, out_dir: str):
     return result, time.perf_counter() - start
 
 
-def run_jobs(stages: Stages, jobs: dict, plan: DemoPlan, out_dir: str, log) -> tuple[dict, dict]:
+def run_jobs(stages: Stages, jobs: dict, plan: DemoPlan, out_dir: str) -> tuple[dict, dict]:
     """Runs every job not finished before, plan.workers at a time (a job once the jobs it needs are
     done), recording each in stages.json as it finishes. Returns ({seed<s>: {model: metrics}},
     {seed<s>: {model: checkpoint}})."""
@@ -360,7 +350,7 @@ def run_jobs(stages: Stages, jobs: dict, plan: DemoPlan, out_dir: str, log) -> t
     workers = plan.workers
     done = {name for name in jobs if stages.finished(name)[0]}
     for name in (n for n in jobs if n in done):
-        log(f"[demo] {name}: done before ({stages.state['stages'][name]['seconds']:.1f} s), reused")
+        stages.say_reused(name)
     todo = [name for name in jobs if name not in done]
     if todo:
         # spawn, not fork: a forked child of a process that already ran torch can hang in OpenMP
@@ -370,7 +360,7 @@ def run_jobs(stages: Stages, jobs: dict, plan: DemoPlan, out_dir: str, log) -> t
             while todo or running:
                 for name in [n for n in todo if all(d in done for d in jobs[n][2])][:max(1, workers) - len(running)]:
                     kind, seed, _ = jobs[name]
-                    log(f"[demo] {name}: running")
+                    stages.log(f"[demo] {name}: running")
                     running[pool.submit(run_job, kind, seed, plan, out_dir)] = name
                     todo.remove(name)
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -98,10 +98,19 @@ def zero_shot_classifier(encoder, classnames: Sequence[str], templates=None, bat
     templates = resolve_templates(templates)
     if not classnames:
         raise CLIPMoEError("no class names")
-    prompts = [t.replace("{}", name) for name in classnames for t in templates]
-    emb = _as_encoder(encoder).encode_texts(prompts, batch_size=batch_size, progress=progress)
+    return prompt_classifier(encoder, [[t.replace("{}", name) for t in templates] for name in classnames],
+                             batch_size=batch_size, progress=progress)
+
+
+def prompt_classifier(encoder, prompts: Sequence[Sequence[str]], batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    """(C, D) class embeddings from each class's own prompts (lists may differ in length and wording,
+    for classes no single template writes): the normalised mean of its normalised prompt embeddings."""
+    if not prompts or not all(prompts):
+        raise CLIPMoEError("every class needs at least one prompt")
+    flat = [p for class_prompts in prompts for p in class_prompts]
+    emb = _as_encoder(encoder).encode_texts(flat, batch_size=batch_size, progress=progress)
     emb = F.normalize(emb.float(), dim=-1)  # already unit length from an encoder; cheap to be sure
-    return F.normalize(emb.view(len(classnames), len(templates), -1).mean(dim=1), dim=-1)
+    return F.normalize(torch.stack([chunk.mean(0) for chunk in emb.split([len(p) for p in prompts])]), dim=-1)
 
 
 def classification_accuracy(image_emb: torch.Tensor, labels, classifier: torch.Tensor, ks=(1, 5)) -> dict:

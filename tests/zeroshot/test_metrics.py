@@ -164,6 +164,17 @@ def test_zero_shot_classifier_is_normalised_mean_of_prompts():
     assert encoder.seen == ["a cat.", "the cat.", "a dog.", "the dog."]
 
 
+def test_prompt_classifier_takes_each_class_its_own_prompts():
+    table = {"one cat.": [1.0, 0.0], "two cats.": [0.0, 2.0], "a cat alone.": [0.0, 1.0], "a dog.": [0.6, -0.8]}
+    encoder = LookupEncoder(table)
+    classifier = metrics.prompt_classifier(encoder, [["one cat.", "two cats.", "a cat alone."], ["a dog."]])
+    # cat: mean((1, 0), (0, 1), (0, 1)) = (1/3, 2/3) -> (1, 2)/sqrt 5; dog: (0.6, -0.8) already unit
+    expected = torch.tensor([[1 / math.sqrt(5), 2 / math.sqrt(5)], [0.6, -0.8]])
+    assert torch.allclose(classifier, expected, atol=1e-6)
+    with pytest.raises(CLIPMoEError, match="at least one prompt"):
+        metrics.prompt_classifier(encoder, [["a dog."], []])
+
+
 def test_evaluate_retrieval_and_classification_on_image_files(tmp_path):
     from .conftest import write_image
 
