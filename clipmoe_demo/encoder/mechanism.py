@@ -10,7 +10,6 @@ the paper builds its experts from.
 from __future__ import annotations
 
 import os
-from collections import Counter
 
 import numpy as np
 from PIL import Image
@@ -38,16 +37,15 @@ def cluster_purity(labels, values) -> dict[str, float]:
     purity is read against; nmi: normalised mutual information (arithmetic mean, sklearn's), 0 for
     independent labels and 1 when the clusters are exactly the values."""
     from sklearn.metrics import normalized_mutual_info_score
+    from sklearn.metrics.cluster import contingency_matrix
 
     labels = np.asarray(labels)
     keep = labels >= 0
     labels, values = labels[keep], [v for v, k in zip(values, keep) if k]
     if not len(labels):
         return {"purity": float("nan"), "majority_floor": float("nan"), "nmi": float("nan"), "samples": 0}
-    majority = 0
-    for cluster in np.unique(labels):
-        majority += Counter(v for v, lab in zip(values, labels) if lab == cluster).most_common(1)[0][1]
-    return {"purity": majority / len(labels), "majority_floor": Counter(values).most_common(1)[0][1] / len(labels),
+    counts = contingency_matrix(values, labels)  # (values, clusters)
+    return {"purity": float(counts.max(axis=0).sum() / len(labels)), "majority_floor": float(counts.sum(axis=1).max() / len(labels)),
             "nmi": float(normalized_mutual_info_score(values, labels)), "samples": int(len(labels))}
 
 
