@@ -217,7 +217,7 @@ def markdown(out_dir: str, summary: dict) -> str:
             f"benchmarks: {plan['n_test']} held-out scenes "
             f"(POPE {summary['benchmarks']['pope']['n']}, GQA-style {summary['benchmarks']['gqa']['n']}, "
             f"MMBench-style {summary['benchmarks']['mmbench']['n']} questions), answered greedily and scored "
-            "in this process by `eval_mllm.run` (the call below)."), ""]
+            "by `eval_mllm.run` in a worker process per run (the call below)."), ""]
     md += [benchmark_table(summary["scores"], summary["chance"], {r: run["answers_dir"] for r, run in runs.items()}), ""]
     intervals = summary["intervals"]
     some = intervals[next(iter(intervals))]
