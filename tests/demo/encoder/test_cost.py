@@ -46,6 +46,6 @@ def test_relative_forward_times(tmp_path):
     for name in ("a", "b"):
         model.save_pretrained(tmp_path / name)
     times = relative_forward_times({"a": str(tmp_path / "a"), "b": str(tmp_path / "b")}, torch.randn(4, 3, 16, 16), repeats=3, reference="a")
-    assert times["a"]["relative"] == 1.0 and times["b"]["relative"] > 0
+    assert times["a"]["relative"] == 1.0  # the reference against itself
     assert times["b"]["relative"] == pytest.approx(times["b"]["median_s"] / times["a"]["median_s"])
     assert times["a"]["repeats"] == 3 and times["a"]["batch"] == 4
