@@ -8,21 +8,53 @@ benchmarks on held-out scenes -> DIR/report.md. Quick mode: toy sizes, under 5 m
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 
 # seconds between the console's progress lines of the long phases (LM training, LLaVA stages)
 PROGRESS_EVERY_S = {False: 30.0, True: 10.0}
+LM_STAGE = "language model: tokenizer, Llama, causal-LM training on the world's text (beside the DMU demo)"
+
+
+def in_background(fn):
+    """Starts fn() in a daemon thread; returns a callable that waits for it and returns its result
+    (or raises its error). A daemon thread, so that Ctrl-C stops the chain at once rather than
+    after the thread's work (an executor's threads are joined at exit)."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["result"] = fn()
+        except BaseException as error:  # handed to the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+
+    def result():
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+    return result
 
 
 def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
+    import torch
+
+    from .. import world as W
+    from ..encoder.run import make_plan as demo_plan
     from ..encoder.run import run_demo
     from . import bootstrap, data, language_model, llava_runs, report
+    from .progress import whole_lines
 
     start = time.perf_counter()
     out_dir = os.path.abspath(out_dir)
     load = round(os.getloadavg()[0], 2)
     timings = {}
+    log = whole_lines(log)  # the language model's thread prints beside the demo
 
     def timed(name, fn):
         t = time.perf_counter()
@@ -32,20 +64,27 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
         return result
 
     demo_dir = os.path.join(out_dir, "demo")
-    demo = timed(report.DEMO_STAGE, lambda: run_demo(demo_dir, quick=quick, log=log))
     plan = llava_runs.make_plan(quick)
     world_dir = os.path.join(demo_dir, "world")
     llava_dir = os.path.join(out_dir, "llava")
+    # The world first (the demo's first stage finds it written): the LLM needs only its text.
+    timed("world (the demo's images and scenes)", lambda: W.write_world(world_dir, demo_plan(quick).world))
     paths, benchmarks = timed("conversations + benchmarks", lambda: (
         data.write_training_data(world_dir, os.path.join(llava_dir, "data"), plan.n_train, plan.seed),
         data.write_benchmarks(world_dir, os.path.join(out_dir, "benchmarks"), plan.n_test, plan.n_train, plan.seed)))
-    towers = timed("vision towers from the demo's checkpoints",
-                   lambda: llava_runs.tower_names(demo["models"], os.path.join(llava_dir, "towers")))
     every = PROGRESS_EVERY_S[quick]
 
-    # one torch thread, as the demo left it: see llava_runs.run_both on threads on a busy machine
-    llm = timed("language model: tokenizer, Llama, causal-LM training on the world's text",
-                lambda: language_model.build_language_model(os.path.join(llava_dir, "llm"), paths, plan, log, every))
+    # The language model trains in a thread beside the DMU demo: the demo's two worker processes
+    # train the seeds, its main process mostly waits for them, and torch's ops release the GIL.
+    # One torch thread everywhere (the demo's setting): on 2 cores the LM then slows the workers by
+    # about a third while it runs, instead of taking the whole machine afterwards.
+    torch.set_num_threads(1)
+    llm_result = in_background(lambda: timed(LM_STAGE, lambda: language_model.build_language_model(
+        os.path.join(llava_dir, "llm"), paths, plan, log, every)))
+    demo = timed(report.DEMO_STAGE, lambda: run_demo(demo_dir, quick=quick, log=log))
+    llm = llm_result()
+    towers = timed("vision towers from the demo's checkpoints",
+                   lambda: llava_runs.tower_names(demo["models"], os.path.join(llava_dir, "towers")))
     runs = timed("LLaVA: both runs (stage 1, stage 2, answers and scores)", lambda: llava_runs.run_both(
         towers, llm["dir"], paths, benchmarks, llava_dir, plan, log, every))
     scores = {name: run.pop("scores") for name, run in runs.items()}  # scored as each run answered

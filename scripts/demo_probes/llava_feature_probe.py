@@ -50,6 +50,7 @@ def main(argv=None) -> None:
     p.add_argument("--tower", required=True, help="a dense CLIP folder (the demo's base)")
     p.add_argument("--world", required=True)
     p.add_argument("--tokenizer", required=True)
+    p.add_argument("--llm", help="start from this trained Llama (a chain's DIR/llava/llm) instead of random weights")
     p.add_argument("--k", type=int, default=1, help="existence questions per image and training sequence")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -65,9 +66,10 @@ def main(argv=None) -> None:
     train, test = W.read_scenes(a.world, "train")[:a.n_train], W.read_scenes(a.world, "test")[:200]
     features = {"train": patch_features(a.tower, a.world, train, a.layer), "test": patch_features(a.tower, a.world, test, a.layer)}
     tokenizer = AutoTokenizer.from_pretrained(a.tokenizer)
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=a.hidden, intermediate_size=2 * a.hidden,
+    llm = LlamaForCausalLM.from_pretrained(a.llm) if a.llm else LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=a.hidden, intermediate_size=2 * a.hidden,
                                        num_hidden_layers=a.layers, num_attention_heads=4, num_key_value_heads=4,
                                        max_position_embeddings=1024, bos_token_id=1, eos_token_id=2))
+    a.hidden = llm.config.hidden_size
     projector = nn.Sequential(nn.Linear(features["train"].shape[-1], a.hidden), nn.GELU(), nn.Linear(a.hidden, a.hidden))
     embed = llm.get_input_embeddings()
     yes, no = (tokenizer(f" {w}", add_special_tokens=False)["input_ids"][-1] for w in ("Yes", "No"))

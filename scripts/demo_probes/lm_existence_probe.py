@@ -1,6 +1,10 @@
 """Text-only existence probe of the chain's language model (see README.md here).
 
 python scripts/demo_probes/lm_existence_probe.py --out DIR [--fresh] [--loss answer] [--steps 3000]
+python scripts/demo_probes/lm_existence_probe.py --evaluate CHAIN/llava/llm    (a trained LM, no training)
+
+Every evaluation also asks four-option questions (MMBench-style, the caption in context): can
+the LM name the right letter when the answer is in its context?
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections import Counter
 import numpy as np
 import torch
 from llava.conversation import conv_templates
-from transformers import LlamaForCausalLM, get_cosine_schedule_with_warmup
+from transformers import AutoTokenizer, LlamaForCausalLM, get_cosine_schedule_with_warmup
 
 from clipmoe_demo import tiny_llava as tiny
 from clipmoe_demo import world as W
@@ -60,9 +64,60 @@ def probe_questions(tests: list[dict]) -> list[tuple[str, str, str]]:
     return out
 
 
+def mc_probe_questions(tests: list[dict]) -> list[tuple[str, str, int]]:
+    """(caption, four-option question as the chain asks it, index of the right option): one per scene."""
+    out = []
+    for s in tests:
+        rng = random.Random(f"mc-{s['index']}")
+        item = rng.choice(D.scene_questions(s))
+        options, answer = D.multiple_choice(item, rng)
+        out.append((s["caption"], D.mc_text(item["question"], options), answer))
+    return out
+
+
+def prompt_ids(tokenizer, caption: str, question: str) -> list[int]:
+    """The first user turn with the caption where the image would be, up to "ASSISTANT:"."""
+    conv = conv_templates["vicuna_v1"].copy()
+    conv.append_message(conv.roles[0], f"{caption}\n{question}")
+    conv.append_message(conv.roles[1], None)
+    return tokenizer(conv.get_prompt())["input_ids"]
+
+
+class Evaluation:
+    """The held-out text probes (200 test scenes): existence questions (a third "Yes", so the
+    balanced accuracy) and four-option questions (the right letter among A-D, chance 25)."""
+
+    def __init__(self, tokenizer, settings: W.WorldSettings):
+        tests = [scene("test", i, settings) for i in range(200)]
+        self.answer_ids = {w: tokenizer(f" {w}", add_special_tokens=False)["input_ids"][-1] for w in ("Yes", "No", *D.MC_LETTERS)}
+        self.existence = [(prompt_ids(tokenizer, c, q), a) for c, q, a in probe_questions(tests)]
+        self.mc = [(prompt_ids(tokenizer, c, q), a) for c, q, a in mc_probe_questions(tests)]
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict:
+        was_training = model.training
+        model.eval()
+        right, said_yes = Counter(), 0
+        for ids, answer in self.existence:
+            logits = model(torch.tensor([ids])).logits[0, -1]
+            guess = "Yes" if logits[self.answer_ids["Yes"]] > logits[self.answer_ids["No"]] else "No"
+            right[answer] += guess == answer
+            said_yes += guess == "Yes"
+        letters = [self.answer_ids[letter] for letter in D.MC_LETTERS]
+        mc_right = sum(int(model(torch.tensor([ids])).logits[0, -1, letters].argmax()) == answer for ids, answer in self.mc)
+        model.train(was_training)
+        totals = Counter(answer for _, answer in self.existence)
+        per_answer = {f"right_when_{k}": round(100 * right[k] / totals[k], 1) for k in totals}
+        # balanced: a third of the probes are "Yes", so always answering "No" scores 66.7 plain accuracy, 50 balanced
+        return {"balanced_accuracy": round(sum(per_answer.values()) / len(per_answer), 1),
+                "yes_ratio": round(100 * said_yes / len(self.existence), 1), **per_answer,
+                "multiple_choice_accuracy": round(100 * mc_right / len(self.mc), 1)}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="folder for the tokenizer and model")
+    p.add_argument("--out", help="folder for the tokenizer and model (required unless --evaluate)")
+    p.add_argument("--evaluate", metavar="LLM_DIR", help="only evaluate this trained LM (a chain's DIR/llava/llm)")
     p.add_argument("--fresh", action="store_true", help="new scenes every batch instead of the chain's fixed ones")
     p.add_argument("--loss", choices=("full", "answer"), default="full", help="loss on every token or on the answers")
     p.add_argument("--existence-pairs", type=int, default=0,
@@ -74,15 +129,19 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--eval-every", type=int, default=250)
     a = p.parse_args(argv)
+    if not (a.out or a.evaluate):
+        p.error("--out or --evaluate is required")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     settings = W.WorldSettings(image_size=48)
+    if a.evaluate:
+        print(Evaluation(AutoTokenizer.from_pretrained(a.evaluate), settings)(LlamaForCausalLM.from_pretrained(a.evaluate)))
+        return
     corpus = [scene("train", i, settings) for i in range(CORPUS_SCENES)]
     tokenizer = tiny.build_tokenizer(a.out, tiny.conversation_corpus(
         D.pretrain_records(corpus), D.finetune_records(corpus), joined=True), vocab_size=1000)
     tiny.build_llm(a.out, len(tokenizer), 0, hidden_size=a.hidden, intermediate_size=2 * a.hidden, num_hidden_layers=a.layers)
     model = LlamaForCausalLM.from_pretrained(a.out)
-    answer_ids = {word: tokenizer(f" {word}", add_special_tokens=False)["input_ids"][-1] for word in ("Yes", "No")}
     assistant = tokenizer(" ASSISTANT:", add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
 
@@ -101,29 +160,7 @@ def main(argv=None) -> None:
                     j += 1
         return ids, labels
 
-    probes = []
-    for caption, question, answer in probe_questions([scene("test", i, settings) for i in range(200)]):
-        conv = conv_templates["vicuna_v1"].copy()
-        conv.append_message(conv.roles[0], f"{caption}\n{question}")
-        conv.append_message(conv.roles[1], None)
-        probes.append((tokenizer(conv.get_prompt())["input_ids"], answer))
-
-    @torch.no_grad()
-    def evaluate() -> dict:
-        model.eval()
-        right, said_yes = Counter(), 0
-        for ids, answer in probes:
-            logits = model(torch.tensor([ids])).logits[0, -1]
-            guess = "Yes" if logits[answer_ids["Yes"]] > logits[answer_ids["No"]] else "No"
-            right[answer] += guess == answer
-            said_yes += guess == "Yes"
-        model.train()
-        totals = Counter(answer for _, answer in probes)
-        per_answer = {f"right_when_{k}": round(100 * right[k] / totals[k], 1) for k in totals}
-        # balanced: a third of the probes are "Yes", so always answering "No" scores 66.7 plain accuracy, 50 balanced
-        return {"balanced_accuracy": round(sum(per_answer.values()) / len(per_answer), 1),
-                "yes_ratio": round(100 * said_yes / len(probes), 1), **per_answer}
-
+    evaluate = Evaluation(tokenizer, settings)
     fixed = None if a.fresh else [encode(s) for s in corpus]
     optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, a.steps // 20), a.steps)
@@ -143,7 +180,7 @@ def main(argv=None) -> None:
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         window.append(clipped_step(loss, model.parameters(), optimizer, schedule))
         if step % a.eval_every == 0 or step == a.steps:
-            print(step, f"loss {np.mean(window):.3f}", evaluate(), f"{time.perf_counter() - start:.0f} s", flush=True)
+            print(step, f"loss {np.mean(window):.3f}", evaluate(model), f"{time.perf_counter() - start:.0f} s", flush=True)
             window = []
 
 

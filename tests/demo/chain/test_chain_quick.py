@@ -32,7 +32,7 @@ def chain(tmp_path_factory):
 def test_finishes_and_reports_its_time(chain):
     _, code, results, report = chain
     assert code == 0
-    assert len(results["timings"]) == 5  # the demo, data, towers, language model, LLaVA runs: each in the time table
+    assert len(results["timings"]) == 6  # world, the demo, data, towers, language model, LLaVA runs: each in the time table
     assert all(f"| {name} | {seconds:.1f} |" in report for name, seconds in results["timings"].items())
     assert f"**{results['total_seconds']:.1f}**" in report
 

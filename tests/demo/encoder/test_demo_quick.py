@@ -1,6 +1,7 @@
 """`clipmoe-demo encoder --quick` end to end, run once per session through the command's own parser.
 Its times are measured and written into the report, never asserted here (they depend on the machine)."""
 
+import ast
 import json
 import os
 
@@ -134,11 +135,15 @@ def test_the_diagnostic_probes_run_on_a_demo_world(quick_demo, tmp_path, capsys)
     lm_dir = str(tmp_path / "lm")
     _script("lm_existence_probe").main(["--out", lm_dir, "--steps", "2", "--eval-every", "2", "--hidden", "32", "--batch", "2"])
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert line.startswith("2 loss ") and "'balanced_accuracy'" in line and "'right_when_No'" in line
-    _script("llava_feature_probe").main(["--tower", base, "--world", world, "--tokenizer", lm_dir, "--k", "3",
-                                         "--steps", "2", "--eval-every", "2", "--hidden", "32", "--batch", "2", "--n-train", "8"])
-    line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert line.startswith("2 loss ") and "'pope_mean'" in line and "'adversarial'" in line
+    assert line.startswith("2 loss ") and "'balanced_accuracy'" in line and "'multiple_choice_accuracy'" in line
+    _script("lm_existence_probe").main(["--evaluate", lm_dir])  # the saved model, as a chain's DIR/llava/llm
+    figures = ast.literal_eval(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(figures) == {"balanced_accuracy", "yes_ratio", "right_when_Yes", "right_when_No", "multiple_choice_accuracy"}
+    for start in ([], ["--llm", lm_dir]):  # a random Llama, or a trained one (its hidden size)
+        _script("llava_feature_probe").main(["--tower", base, "--world", world, "--tokenizer", lm_dir, "--k", "3", *start,
+                                             "--steps", "2", "--eval-every", "2", "--hidden", "32", "--batch", "2", "--n-train", "8"])
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        assert line.startswith("2 loss ") and "'pope_mean'" in line and "'adversarial'" in line
     _script("base_variant").main(["--world", world, "--out", str(tmp_path / "base"), "--epochs", "1", "--batch", "32",
                                   "--patch", "4", "--hidden", "32", "--layers", "1", "--batches-within", "colour"])
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
