@@ -71,7 +71,7 @@ def make_plan(quick: bool) -> LlavaPlan:
     # demo, run.py) and stage 2 at 3e-4, a fine-tuning rate for an LM that already knows the world's
     # text, made the dense tower's LLaVA 65.1 POPE-style (yes-ratio 63); at 3e-3 (the from-scratch
     # rate) stage 2 erased what the LM knew (the feature probe on that LM stayed at 50); dense-tower runs
-    # at 1e-3 gave 60.6, at 1e-4 61.0, and two existence pairs per conversation 61.7.
+    # at 1e-3 gave 60.6 and at 1e-4 61.0 (scripts/demo_probes/llava_variant.py).
     return LlavaPlan(n_train=2400, n_test=150, llm_hidden=128, llm_layers=2, vocab_size=1000, batch=16,
                      stage1_epochs=1, stage2_epochs=8, lm_steps=3000, stage2_lr=3e-4)
 

@@ -13,6 +13,8 @@ from clipmoe_demo import cli
 from clipmoe_demo.chain.progress import parse_trainer_output
 from clipmoe_demo.chain.run import run_chain
 
+from .. import probe_script
+
 pytestmark = pytest.mark.slow
 
 RUN_ROWS = ("LLaVA + dense CLIP tower", "LLaVA + CLIP-MoE tower")
@@ -120,3 +122,20 @@ def test_the_report_is_rendered_from_the_files_the_run_wrote(chain):
         assert os.path.isfile(os.path.join(out, figure)), figure
     zero_shot = results["zero_shot"]["clip-moe"]["i2t_r1"]
     assert f"{zero_shot:.1f}" in report
+
+
+def test_a_llava_run_reruns_with_other_settings_on_the_chain_outputs(chain, tmp_path, capsys):
+    """scripts/demo_probes/llava_variant.py (the stage-2 settings the README compares): one run on
+    the chain's world, LM, tower and benchmarks with plan fields changed, scored on every benchmark."""
+    out, _, results, _ = chain
+    probe_script("llava_variant").main(["--chain", out, "--out", str(tmp_path / "variant"), "--tower", "clip-moe",
+                                        "--set", "n_train=16", "--set", "stage2_epochs=1", "--set", "stage2_lr=1e-3"])
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["steps"] == {"stage1": 2, "stage2": 2}  # 16 records at batch 8
+    assert line["set"] == ["n_train=16", "stage2_epochs=1", "stage2_lr=1e-3"]
+    for name in ("pope_accuracy_mean", "gqa_accuracy", "mmbench_accuracy"):
+        assert 0 <= line[name] <= 100
+    with open(tmp_path / "variant" / "clip-moe" / "llava-stage2" / "chain_stage_done.json") as f:
+        assert json.load(f)["settings"]["args"][:2] == ["--learning_rate", "0.001"]
+    with pytest.raises(SystemExit, match="no plan field 'stage3_lr'"):
+        probe_script("llava_variant").main(["--chain", out, "--out", str(tmp_path / "bad"), "--set", "stage3_lr=1"])

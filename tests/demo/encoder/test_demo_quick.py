@@ -10,6 +10,8 @@ import pytest
 from clipmoe_demo import cli
 from clipmoe_demo.encoder.run import MODELS
 
+from .. import probe_script
+
 pytestmark = pytest.mark.slow
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -117,34 +119,24 @@ def test_rerun_resumes_without_training_again(quick_demo):
         assert json.load(f)["models"] == results["models"]
 
 
-def _script(name: str):
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "scripts", "demo_probes", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_diagnostic_probes_run_on_a_demo_world(quick_demo, tmp_path, capsys):
     """scripts/demo_probes (the README's diagnosis of issue 14), each at a few steps: they run on a
     demo's own outputs and print the figures they exist for."""
     out, _, results = quick_demo
     world, base = os.path.join(out, "world"), results["checkpoints_by_seed"]["seed0"]["base"]
     lm_dir = str(tmp_path / "lm")
-    _script("lm_existence_probe").main(["--out", lm_dir, "--steps", "2", "--eval-every", "2", "--hidden", "32", "--batch", "2"])
+    probe_script("lm_existence_probe").main(["--out", lm_dir, "--steps", "2", "--eval-every", "2", "--hidden", "32", "--batch", "2"])
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("2 loss ") and "'balanced_accuracy'" in line and "'multiple_choice_accuracy'" in line
-    _script("lm_existence_probe").main(["--evaluate", lm_dir])  # the saved model, as a chain's DIR/llava/llm
+    probe_script("lm_existence_probe").main(["--evaluate", lm_dir])  # the saved model, as a chain's DIR/llava/llm
     figures = ast.literal_eval(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(figures) == {"balanced_accuracy", "yes_ratio", "right_when_Yes", "right_when_No", "multiple_choice_accuracy"}
     for start in ([], ["--llm", lm_dir]):  # a random Llama, or a trained one (its hidden size)
-        _script("llava_feature_probe").main(["--tower", base, "--world", world, "--tokenizer", lm_dir, "--k", "3", *start,
+        probe_script("llava_feature_probe").main(["--tower", base, "--world", world, "--tokenizer", lm_dir, "--k", "3", *start,
                                              "--steps", "2", "--eval-every", "2", "--hidden", "32", "--batch", "2", "--n-train", "8"])
         line = capsys.readouterr().out.strip().splitlines()[-1]
         assert line.startswith("2 loss ") and "'pope_mean'" in line and "'adversarial'" in line
-    _script("base_variant").main(["--world", world, "--out", str(tmp_path / "base"), "--epochs", "1", "--batch", "32",
+    probe_script("base_variant").main(["--world", world, "--out", str(tmp_path / "base"), "--epochs", "1", "--batch", "32",
                                   "--patch", "4", "--hidden", "32", "--layers", "1", "--batches-within", "colour"])
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for attribute in ("shape", "colour", "count", "size"):
