@@ -45,8 +45,8 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
     import torch
 
     from .. import world as W
+    from ..encoder.run import Stages, run_demo
     from ..encoder.run import make_plan as demo_plan
-    from ..encoder.run import run_demo
     from . import bootstrap, data, language_model, llava_runs, report
     from .progress import whole_lines
 
@@ -67,7 +67,9 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
     plan = llava_runs.make_plan(quick)
     world_dir = os.path.join(demo_dir, "world")
     llava_dir = os.path.join(out_dir, "llava")
-    # The world first (the demo's first stage finds it written): the LLM needs only its text.
+    # The world first (the demo's first stage finds it written): the LLM needs only its text. A
+    # folder holding a demo run of other settings is refused before anything is written into it.
+    Stages(demo_dir, demo_plan(quick), log)
     timed("world (the demo's images and scenes)", lambda: W.write_world(world_dir, demo_plan(quick).world))
     paths, benchmarks = timed("conversations + benchmarks", lambda: (
         data.write_training_data(world_dir, os.path.join(llava_dir, "data"), plan.n_train, plan.seed),
@@ -76,8 +78,9 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
 
     # The language model trains in a thread beside the DMU demo: the demo's two worker processes
     # train the seeds, its main process mostly waits for them, and torch's ops release the GIL.
-    # One torch thread everywhere (the demo's setting): on 2 cores the LM then slows the workers by
-    # about a third while it runs, instead of taking the whole machine afterwards.
+    # One torch thread everywhere (the demo's setting). Measured on 2 cores (full mode): the LM's
+    # 3,000 steps took 1,068 s beside the demo, whose workers ran their stages about twice as slowly
+    # meanwhile (demo 1,461 s); whether that beats running the two one after the other is not measured.
     torch.set_num_threads(1)
     llm_result = in_background(lambda: timed(LM_STAGE, lambda: language_model.build_language_model(
         os.path.join(llava_dir, "llm"), paths, plan, log, every)))

@@ -12,6 +12,7 @@ import pytest
 from clipmoe_demo import cli
 from clipmoe_demo.chain.progress import parse_trainer_output
 from clipmoe_demo.chain.run import run_chain
+from clipmoe_encoder.errors import CLIPMoEError
 
 from .. import probe_script
 
@@ -139,3 +140,16 @@ def test_a_llava_run_reruns_with_other_settings_on_the_chain_outputs(chain, tmp_
         assert json.load(f)["settings"]["args"][:2] == ["--learning_rate", "0.001"]
     with pytest.raises(SystemExit, match="no plan field 'stage3_lr'"):
         probe_script("llava_variant").main(["--chain", out, "--out", str(tmp_path / "bad"), "--set", "stage3_lr=1"])
+
+
+def test_a_folder_of_another_mode_is_refused_before_anything_is_written(chain):
+    """The chain writes the world before the demo runs (its LM needs only the world's text): a
+    full-mode run into the quick run's folder is refused first, and the quick world is untouched."""
+    out, _, _, _ = chain
+    world_file = os.path.join(out, "demo", "world", "world.json")
+    with open(world_file) as f:
+        before = f.read()
+    with pytest.raises(CLIPMoEError, match="holds a demo run with other settings"):
+        run_chain(out, quick=False, log=lambda *a: None)
+    with open(world_file) as f:
+        assert f.read() == before
