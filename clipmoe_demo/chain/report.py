@@ -153,11 +153,12 @@ def plot_llava_losses(curves: dict[str, dict[str, list[dict]]], path: str, lm_hi
 
 def chain_seconds(summary: dict) -> float:
     """The whole chain's time even where the demo's stages were reused from an earlier run (the
-    demo resumes from its stages.json): its stages' recorded times + everything after it. The
+    demo resumes from its stages.json): its stages' recorded times + everything else the chain did
+    (its world stage, written before the demo started, counted in both: an upper bound). The
     demo's seeds train in parallel worker processes, so their stage times overlap and this sum is
     an upper bound of the wall clock (total_seconds is the wall clock of this run)."""
-    after_demo = summary["total_seconds"] - summary["timings"][DEMO_STAGE]
-    return sum(summary["demo"]["timings"].values()) + after_demo
+    besides_demo = summary["total_seconds"] - summary["timings"][DEMO_STAGE]
+    return sum(summary["demo"]["timings"].values()) + besides_demo
 
 
 def saved_results(summary: dict) -> dict:

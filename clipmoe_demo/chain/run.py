@@ -44,9 +44,7 @@ def in_background(fn):
 def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
     import torch
 
-    from .. import world as W
-    from ..encoder.run import Stages, run_demo
-    from ..encoder.run import make_plan as demo_plan
+    from ..encoder.run import run_demo, write_world_first
     from . import bootstrap, data, language_model, llava_runs, report
     from .progress import whole_lines
 
@@ -65,12 +63,9 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
 
     demo_dir = os.path.join(out_dir, "demo")
     plan = llava_runs.make_plan(quick)
-    world_dir = os.path.join(demo_dir, "world")
     llava_dir = os.path.join(out_dir, "llava")
-    # The world first (the demo's first stage finds it written): the LLM needs only its text. A
-    # folder holding a demo run of other settings is refused before anything is written into it.
-    Stages(demo_dir, demo_plan(quick), log)
-    timed("world (the demo's images and scenes)", lambda: W.write_world(world_dir, demo_plan(quick).world))
+    # The demo's world first (its first stage, recorded there): the LLM needs only its text.
+    world_dir = write_world_first(demo_dir, quick=quick, log=log)
     paths, benchmarks = timed("conversations + benchmarks", lambda: (
         data.write_training_data(world_dir, os.path.join(llava_dir, "data"), plan.n_train, plan.seed),
         data.write_benchmarks(world_dir, os.path.join(out_dir, "benchmarks"), plan.n_test, plan.n_train, plan.seed)))

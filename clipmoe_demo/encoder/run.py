@@ -215,6 +215,21 @@ def evaluate_model(model_dir: str, eval_set: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 # the chain
 
+def _world_stage(stages: Stages, plan: DemoPlan, out_dir: str) -> str:
+    world_dir = os.path.join(out_dir, "world")
+    return stages.run("world", lambda: (W.write_world(world_dir, plan.world), world_dir)[1])
+
+
+def write_world_first(out_dir: str, quick: bool = False, log=None) -> str:
+    """The demo's first stage alone: its world written and recorded in DIR/stages.json (a later
+    run_demo reuses it), for a caller that needs the world before the demo runs (the chain's
+    language model). A folder holding a demo run of other settings is refused before anything is
+    written into it. Returns the world's directory."""
+    out_dir = os.path.abspath(out_dir)
+    plan = make_plan(quick)
+    return _world_stage(Stages(out_dir, plan, log), plan, out_dir)
+
+
 def run_demo(out_dir: str, quick: bool = False, log=None, seeds=None, workers=None) -> dict:
     """seeds / workers: the training seeds and worker processes instead of the plan's."""
     import torch
@@ -236,7 +251,7 @@ def run_demo(out_dir: str, quick: bool = False, log=None, seeds=None, workers=No
     world_dir = os.path.join(out_dir, "world")
     test_path = os.path.join(world_dir, "test.jsonl")
 
-    stages.run("world", lambda: (W.write_world(world_dir, plan.world), world_dir)[1])
+    _world_stage(stages, plan, out_dir)
     eval_set = evaluation_set(world_dir)
     results_by_seed, checkpoints = run_jobs(stages, training_jobs(plan), plan, out_dir)
     seed0 = f"seed{plan.seeds[0]}"

@@ -21,13 +21,18 @@ from clipmoe_demo.chain import llava_runs as R
 
 
 def plan_with(base: R.LlavaPlan, settings: list[str]) -> R.LlavaPlan:
-    """The plan with KEY=VALUE overrides, each value read as the field's type."""
+    """The plan with KEY=VALUE overrides, each value read as the field's declared type (a float
+    field may hold an int in the plan, e.g. stage1_epochs=1, and still takes 0.5)."""
+    types = {f.name: {"int": int, "float": float}[f.type] for f in dataclasses.fields(base)}
     changes = {}
     for item in settings:
         key, _, value = item.partition("=")
-        if key not in {f.name for f in dataclasses.fields(base)}:
+        if key not in types:
             raise SystemExit(f"--set {item}: no plan field {key!r}")
-        changes[key] = type(getattr(base, key))(value)
+        try:
+            changes[key] = types[key](value)
+        except ValueError:
+            raise SystemExit(f"--set {item}: {key} takes {'an integer' if types[key] is int else 'a number'}") from None
     return dataclasses.replace(base, **changes)
 
 
