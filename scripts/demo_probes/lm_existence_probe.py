@@ -33,14 +33,18 @@ def scene(split: str, index: int, settings: W.WorldSettings) -> dict:
             "image": f"{split}/{index}.png"}
 
 
-def conversation_text(s: dict, existence_pairs: int = 0) -> str:
+def conversation_text(s: dict, existence_pairs: int = 0, mc_turns: int = 0) -> str:
     """The chain's stage-2 conversation of the scene, its caption where the image was; with
-    existence_pairs > 0 instead that many "Yes" and as many "No" existence questions in a random
-    order (denser supervision of the lookup the probe asks for)."""
+    existence_pairs or mc_turns > 0 instead that many "Yes" and as many "No" existence questions
+    and that many four-option questions in a random order (denser supervision of the lookups the
+    probe asks for)."""
     turns = D.finetune_records([s])[0]["conversations"]
-    if existence_pairs:
+    if existence_pairs or mc_turns:
         rng = random.Random(f"dense-{s['index']}")
         asked = [qa for _ in range(existence_pairs) for qa in D.existence_turns(s, rng)]
+        for item in rng.choices(D.scene_questions(s), k=mc_turns):
+            options, answer = D.multiple_choice(item, rng)
+            asked.append((D.mc_text(item["question"], options), D.MC_LETTERS[answer]))
         rng.shuffle(asked)
         turns = [{"from": who, "value": text} for question, answer in asked
                  for who, text in (("human", question), ("gpt", answer))]
@@ -122,6 +126,8 @@ def main(argv=None) -> None:
     p.add_argument("--loss", choices=("full", "answer"), default="full", help="loss on every token or on the answers")
     p.add_argument("--existence-pairs", type=int, default=0,
                    help="train on conversations of this many Yes and No existence questions instead of the chain's mix")
+    p.add_argument("--mc-turns", type=int, default=0,
+                   help="with --existence-pairs (or alone): also this many four-option questions per conversation")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--hidden", type=int, default=128)
@@ -146,7 +152,7 @@ def main(argv=None) -> None:
     eos = tokenizer.eos_token_id
 
     def encode(s):
-        ids = tokenizer(conversation_text(s, a.existence_pairs))["input_ids"][:512]
+        ids = tokenizer(conversation_text(s, a.existence_pairs, a.mc_turns))["input_ids"][:512]
         if a.loss == "full":
             return ids, list(ids)
         labels = [-100] * len(ids)  # the tokens after each "ASSISTANT:" up to and with its </s>
