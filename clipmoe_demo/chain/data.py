@@ -125,6 +125,12 @@ def mc_text(question: str, options: list[str]) -> str:
     return "\n".join(lines) + "\n" + MULTIPLE_CHOICE
 
 
+def mc_turn(item: dict, rng: random.Random) -> tuple[str, str]:
+    """A training turn of the item as a four-option question: (user text, the right letter)."""
+    options, answer = multiple_choice(item, rng)
+    return mc_text(item["question"], options), MC_LETTERS[answer]
+
+
 # ---------------------------------------------------------------------------------------------
 # training conversations
 
@@ -163,9 +169,8 @@ def finetune_records(scenes: list[dict], seed: int = 0) -> list[dict]:
     for s in scenes:
         rng = random.Random(f"{seed}-finetune-{s['index']}")
         short, mc = rng.sample(scene_questions(s), 2)
-        options, answer = multiple_choice(mc, rng)
-        chosen = existence_turns(s, rng) + [(mc_text(mc["question"], options), MC_LETTERS[answer]),
-                                            (f"{short['question']}\n{SHORT_ANSWER}", short["answer"])]
+        choice = mc_turn(mc, rng)  # drawn before the existence turns: the records stay what they were
+        chosen = existence_turns(s, rng) + [choice, (f"{short['question']}\n{SHORT_ANSWER}", short["answer"])]
         rng.shuffle(chosen)
         conversation = []
         for i, (human, gpt) in enumerate(chosen):

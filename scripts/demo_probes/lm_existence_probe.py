@@ -42,9 +42,7 @@ def conversation_text(s: dict, existence_pairs: int = 0, mc_turns: int = 0) -> s
     if existence_pairs or mc_turns:
         rng = random.Random(f"dense-{s['index']}")
         asked = [qa for _ in range(existence_pairs) for qa in D.existence_turns(s, rng)]
-        for item in rng.choices(D.scene_questions(s), k=mc_turns):
-            options, answer = D.multiple_choice(item, rng)
-            asked.append((D.mc_text(item["question"], options), D.MC_LETTERS[answer]))
+        asked += [D.mc_turn(item, rng) for item in rng.choices(D.scene_questions(s), k=mc_turns)]
         rng.shuffle(asked)
         turns = [{"from": who, "value": text} for question, answer in asked
                  for who, text in (("human", question), ("gpt", answer))]
