@@ -52,6 +52,7 @@ class CLIPMoELLaVATrainer(LLaVATrainer):
         for config in self._deepspeed_configs():
             compat.fill_zero3_prefetch_bucket(config, self.model)
         self._prepare_tower()
+        self._cast_late_parameters()
 
     def _deepspeed_configs(self):
         """The run's HfTrainerDeepSpeedConfig: deepspeed_init reads the accelerator's (4.37+), which
@@ -59,6 +60,23 @@ class CLIPMoELLaVATrainer(LLaVATrainer):
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         found = (getattr(self.args, "hf_deepspeed_config", None), getattr(plugin, "hf_ds_config", None))
         return list({id(c): c for c in found if c is not None}.values())
+
+    def _cast_late_parameters(self):
+        """Under ZeRO-3, LLaVA's language model is partitioned as it loads (zero.Init, already in
+        bf16/fp16); the projector LLaVA builds afterwards is a plain fp32 module, and DeepSpeed casts
+        nothing in a model that has partitioned parameters. DeepSpeed 0.19.8 then refuses the mixed
+        dtypes of the trainable parameters (stage3 `defragment` asserts one dtype): cast every
+        parameter not yet partitioned to the run's dtype, as DeepSpeed does for a model it
+        partitions itself. Found by the first real-GPU run of scripts/gpu_check.sh (bf16 stage 2
+        through finetune.sh); LLaVA's own trainer does not do this, whatever the tower."""
+        dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
+        model = getattr(self.model, "module", self.model)
+        parameters = list(model.parameters())
+        if dtype is None or not any(hasattr(p, "ds_id") for p in parameters):
+            return
+        for p in parameters:
+            if not hasattr(p, "ds_id") and p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
 
     def _prepare_tower(self):
         tower = clipmoe_tower(self.model)

@@ -3,7 +3,7 @@
 benchmark of the L/14-336 tower in bf16; prints one summary. Without CUDA it prints one skip line
 and exits 0. Meant to finish in under 8 minutes on one GPU.
 
-    scripts/gpu_check.sh            # or: python scripts/gpu_check.py [--json-out FILE]
+    scripts/gpu_check.sh            # or: python scripts/gpu_check.py [--json-out FILE] [--log-dir DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def _run(cmd, timeout):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json-out", help="also write the summary to this file (JSON)")
+    parser.add_argument("--log-dir", help="also write the whole logs here (tests.log, bench.log): the console shows their ends")
     args = parser.parse_args(argv)
 
     try:
@@ -48,10 +49,15 @@ def main(argv=None) -> int:
     print(f"gpu_check on {device}", flush=True)
 
     rc_tests, log_tests, t_tests = _run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                                         "tests/gpu/test_real_gpu.py", "-rfEs"], timeout=300)
+                                         "tests/gpu/test_real_gpu.py", "-rfEs", "--tb=short"], timeout=300)
     print(log_tests[-6000:], flush=True)
     rc_bench, log_bench, t_bench = _run([sys.executable, *BENCH], timeout=240)
     print(log_bench[-3000:], flush=True)
+    if args.log_dir:
+        os.makedirs(args.log_dir, exist_ok=True)
+        for name, log in (("tests.log", log_tests), ("bench.log", log_bench)):
+            with open(os.path.join(args.log_dir, name), "w") as f:
+                f.write(log)
     bench = None
     if rc_bench == 0:
         bench = json.loads(log_bench.strip().splitlines()[-1])

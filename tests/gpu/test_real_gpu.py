@@ -48,17 +48,28 @@ def test_grouped_and_looped_agree_with_the_reference_in_bf16(grad, monkeypatch):
     assert _relative_error(outs[True], outs[False]) <= 2e-2
 
 
-@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 5e-3), (torch.float16, 1e-2), (torch.bfloat16, 3e-2)],
+def _top_k_agreement(a, b, k=2):
+    """Share of tokens whose top-k experts (as a set) are the same under both router logits."""
+    pick = lambda logits: logits.float().cpu().topk(k, dim=-1).indices.sort(dim=-1).values  # noqa: E731
+    return (pick(a) == pick(b)).all(dim=-1).float().mean().item()
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 5e-3), (torch.float16, 3e-2), (torch.bfloat16, 3e-2)],
                          ids=["fp32", "fp16", "bf16"])
 def test_tower_on_gpu_matches_cpu_fp32(dtype, tolerance):
-    """fp32 allows cuDNN's TF32 convolution; fp16/bf16 as in tests/encoder/test_precision.py."""
+    """fp32 allows cuDNN's TF32 convolution. In fp16 and bf16 a few near-tied router choices flip
+    (measured on an H200: 0.4-0.8 % of the tokens of a layer in fp16, the relative error 4e-4 up to
+    the first layer with a flip and 0.020 at the output; bf16 0.018), so the routed tower gets one
+    tolerance in both and the routing itself is checked: the same experts for >= 97 % of tokens."""
     cpu = _tower().to(dtype).float()
     gpu = _tower().to("cuda", dtype)
     pixels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(dtype)
     with torch.no_grad():
-        ref = cpu(pixels.float()).last_hidden_state
-        out = gpu(pixels.cuda()).last_hidden_state
-    assert out.dtype == dtype and _relative_error(out, ref) <= tolerance
+        ref = cpu(pixels.float(), output_router_logits=True)
+        out = gpu(pixels.cuda(), output_router_logits=True)
+    assert out.last_hidden_state.dtype == dtype
+    assert _relative_error(out.last_hidden_state, ref.last_hidden_state) <= tolerance
+    assert all(_top_k_agreement(a, b) >= 0.97 for a, b in zip(out.router_logits, ref.router_logits))
 
 
 def test_bf16_forward_and_backward_make_no_host_sync():

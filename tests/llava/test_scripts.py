@@ -16,6 +16,7 @@ import pytest
 import torch
 import transformers
 from packaging.version import Version
+from safetensors.torch import load_file
 
 from .conftest import image_batch, prompt_ids
 
@@ -108,3 +109,17 @@ def test_pretrain_zero2_then_finetune_zero3_then_reload_and_generate(world, monk
                      TINY_OUTPUT_DIR=continued, PRETRAIN_DIR_TINY="none")
     assert zero_stage(log) == 3
     assert os.path.isfile(os.path.join(continued, "model.safetensors"))
+
+
+@pytest.mark.skipif(Version(transformers.__version__) < Version("5"),
+                    reason="transformers 4.37 refuses bf16 on CPU unless --use_cpu, which then runs without DeepSpeed's engine")
+def test_finetune_under_zero3_in_bf16(world, tmp_path):
+    """LLaVA-1.5's published precision under ZeRO-3: the projector LLaVA builds after the language
+    model's partitioned load trains in bf16 with it (DeepSpeed asserted one dtype over the
+    trainable parameters: found by the first real-GPU run, reproduced here on CPU)."""
+    out = str(tmp_path / "llava-tiny-clipmoe-finetune")
+    log = run_script("finetune.sh", world, "--bf16", "True", "--use_cpu", "True", "--mm_vision_moe_tune", "routers", "--mm_vision_moe_lr", "1e-3",
+                     PRETRAIN_DIR_TINY="none", TINY_OUTPUT_DIR=out)
+    assert zero_stage(log) == 3
+    saved = load_file(os.path.join(out, "model.safetensors"))
+    assert {t.dtype for k, t in saved.items() if "mm_projector" in k or ".mlp.router." in k} == {torch.bfloat16}
