@@ -40,7 +40,9 @@ REGION_PHRASES = {name: ("in the center" if name == "center" else
 # Captions sometimes start with a framing phrase, so prompt templates such as "a picture of a {}."
 # are in-distribution for the text tower.
 PREFIXES = ("", "a picture of ", "an image of ")
-SPLIT_IDS = {"train": 0, "test": 1}
+# "text": scenes that exist only as words (the chain's language model reads them; no image is drawn),
+# a random stream of their own, disjoint from the images of train and test.
+SPLIT_IDS = {"train": 0, "test": 1, "text": 2}
 
 
 @dataclass
@@ -306,6 +308,22 @@ def write_world(world_dir: str, settings: WorldSettings) -> dict:
     with open(meta_path, "w") as f:
         json.dump(wanted, f, indent=1)
     return wanted
+
+
+def read_settings(world_dir: str) -> WorldSettings:
+    """The settings a written world was made with (its world.json)."""
+    import json
+    import os
+
+    with open(os.path.join(world_dir, WORLD_FILE)) as f:
+        settings = json.load(f)["settings"]
+    return WorldSettings(**dict(settings, group_weights=tuple(settings["group_weights"])))
+
+
+def text_scenes(settings: WorldSettings, n: int) -> list[dict]:
+    """n scenes of the "text" split, attributes and captions only (drawing no image is what
+    makes them cheap), numbered like read_scenes' records."""
+    return [dict(sample_scene(scene_rng(settings.seed, "text", i), settings).to_dict(), index=i) for i in range(n)]
 
 
 def read_scenes(world_dir: str, split: str) -> list[dict]:

@@ -170,13 +170,36 @@ def finetune_records(scenes: list[dict], seed: int = 0) -> list[dict]:
         rng = random.Random(f"{seed}-finetune-{s['index']}")
         short, mc = rng.sample(scene_questions(s), 2)
         choice = mc_turn(mc, rng)  # drawn before the existence turns: the records stay what they were
-        chosen = existence_turns(s, rng) + [choice, (f"{short['question']}\n{SHORT_ANSWER}", short["answer"])]
+        chosen = existence_turns(s, rng) + [choice, short_turn(short)]
         rng.shuffle(chosen)
-        conversation = []
-        for i, (human, gpt) in enumerate(chosen):
-            conversation += _turn(("<image>\n" + human) if i == 0 else human, gpt)
-        records.append({"id": f"train-{s['index']}", "image": s["image"], "conversations": conversation})
+        records.append({"id": f"train-{s['index']}", "image": s["image"], "conversations": conversation(chosen)})
     return records
+
+
+def short_turn(item: dict) -> tuple[str, str]:
+    return f"{item['question']}\n{SHORT_ANSWER}", item["answer"]
+
+
+def conversation(asked: list[tuple[str, str]]) -> list[dict]:
+    """(question, answer) pairs as LLaVA's conversation turns, the image token in the first."""
+    turns = []
+    for i, (human, gpt) in enumerate(asked):
+        turns += _turn(("<image>\n" + human) if i == 0 else human, gpt)
+    return turns
+
+
+def dense_turns(scene: dict, rng: random.Random, existence_pairs: int, mc_turns: int, short_turns: int = 0) -> list[tuple[str, str]]:
+    """More questions per scene than a stage-2 conversation holds, in a random order:
+    existence_pairs "Yes"/"No" pairs (as existence_turns), mc_turns four-option questions (of
+    any of the scene's questions, repeats allowed) and short_turns distinct short-answer ones.
+    The language model's text (language_model.py): denser supervision of the lookups the
+    benchmarks ask for."""
+    asked = [qa for _ in range(existence_pairs) for qa in existence_turns(scene, rng)]
+    asked += [mc_turn(item, rng) for item in rng.choices(scene_questions(scene), k=mc_turns)]
+    if short_turns:  # no draw when none are asked: the probe's texts stay what they were
+        asked += [short_turn(item) for item in rng.sample(scene_questions(scene), short_turns)]
+    rng.shuffle(asked)
+    return asked
 
 
 def write_training_data(world_dir: str, out_dir: str, n_train: int, seed: int = 0) -> dict:

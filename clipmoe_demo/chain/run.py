@@ -74,11 +74,12 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
     # The language model trains in a thread beside the DMU demo: the demo's two worker processes
     # train the seeds, its main process mostly waits for them, and torch's ops release the GIL.
     # One torch thread everywhere (the demo's setting). Measured on 2 cores (full mode): the LM's
-    # 3,000 steps took 1,068 s beside the demo, whose workers ran their stages about twice as slowly
-    # meanwhile (demo 1,461 s); whether that beats running the two one after the other is not measured.
+    # 3,000 steps on its denser text took 1,293 s beside the demo (1,013 s), whose workers ran their
+    # stages more slowly meanwhile (a base: 213 s beside it, 130 s after); whether that beats running
+    # the two one after the other is not measured.
     torch.set_num_threads(1)
     llm_result = in_background(lambda: timed(LM_STAGE, lambda: language_model.build_language_model(
-        os.path.join(llava_dir, "llm"), paths, plan, log, every)))
+        os.path.join(llava_dir, "llm"), world_dir, paths, plan, log, every)))
     demo = timed(report.DEMO_STAGE, lambda: run_demo(demo_dir, quick=quick, log=log))
     llm = llm_result()
     towers = timed("vision towers from the demo's checkpoints",

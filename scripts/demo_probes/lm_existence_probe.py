@@ -22,7 +22,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM, get_cosine_schedule_wi
 from clipmoe_demo import tiny_llava as tiny
 from clipmoe_demo import world as W
 from clipmoe_demo.chain import data as D
-from clipmoe_demo.chain.language_model import clipped_step
+from clipmoe_demo.chain.language_model import clipped_step, vicuna_text
 
 CORPUS_SCENES = 2400  # the full chain's n_train
 
@@ -40,18 +40,8 @@ def conversation_text(s: dict, existence_pairs: int = 0, mc_turns: int = 0) -> s
     probe asks for)."""
     turns = D.finetune_records([s])[0]["conversations"]
     if existence_pairs or mc_turns:
-        rng = random.Random(f"dense-{s['index']}")
-        asked = [qa for _ in range(existence_pairs) for qa in D.existence_turns(s, rng)]
-        asked += [D.mc_turn(item, rng) for item in rng.choices(D.scene_questions(s), k=mc_turns)]
-        rng.shuffle(asked)
-        turns = [{"from": who, "value": text} for question, answer in asked
-                 for who, text in (("human", question), ("gpt", answer))]
-        turns[0]["value"] = "<image>\n" + turns[0]["value"]
-    conv = conv_templates["vicuna_v1"].copy()
-    for turn in turns:
-        conv.append_message(conv.roles[0] if turn["from"] == "human" else conv.roles[1],
-                            turn["value"].replace("<image>", s["caption"]).strip())
-    return conv.get_prompt()
+        turns = D.conversation(D.dense_turns(s, random.Random(f"dense-{s['index']}"), existence_pairs, mc_turns))
+    return vicuna_text(turns, s["caption"])
 
 
 def probe_questions(tests: list[dict]) -> list[tuple[str, str, str]]:

@@ -12,37 +12,48 @@ from clipmoe_demo.chain import data as D
 from clipmoe_demo.chain import language_model as L
 from clipmoe_demo.chain import llava_runs
 
+from ..text_checks import assert_answered_as_the_scene_says, kinds, turns
+
 
 @pytest.fixture(scope="module")
-def data_paths(tmp_path_factory):
+def world_dir(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("world"))
     W.write_world(root, W.WorldSettings(image_size=32, n_train=40, n_test=4))
-    return D.write_training_data(root, str(tmp_path_factory.mktemp("data")), n_train=40)
+    return root
 
 
-def test_texts_are_captions_and_vicuna_conversations_without_images(data_paths):
-    texts = L.conversation_texts(data_paths)
-    with open(data_paths["finetune"]) as f:
-        finetune = json.load(f)
-    assert len(texts) == 2 * len(finetune)
-    conversation = texts[-1]
-    assert conversation.startswith("A chat between") and " USER: " in conversation and " ASSISTANT: " in conversation
-    assert "<image>" not in conversation and conversation.endswith("</s>")
-    last_answer = finetune[-1]["conversations"][-1]["value"]
-    assert conversation.endswith(f"ASSISTANT: {last_answer}</s>")
-    # the image's place holds the scene's caption: the answers follow from the context
+@pytest.fixture(scope="module")
+def data_paths(world_dir, tmp_path_factory):
+    return D.write_training_data(world_dir, str(tmp_path_factory.mktemp("data")), n_train=40)
+
+
+def test_texts_are_the_captions_then_dense_conversations_about_text_only_scenes(world_dir, data_paths):
+    texts = L.training_texts(world_dir, data_paths, n_scenes=30, seed=0)
     with open(data_paths["pretrain"]) as f:
-        caption = {r["id"]: r["conversations"][1]["value"] for r in json.load(f)}[finetune[-1]["id"]]
-    first_question = finetune[-1]["conversations"][0]["value"].removeprefix("<image>\n")
-    assert f" USER: {caption}\n{first_question} ASSISTANT: " in conversation
+        captions = [r["conversations"][1]["value"] for r in json.load(f)]
+    assert texts[:40] == captions and len(texts) == 40 + 30
+    settings = W.read_settings(world_dir)
+    assert settings == W.WorldSettings(image_size=32, n_train=40, n_test=4)
+    scenes = W.text_scenes(settings, 30)
+    train_captions = {s["caption"] for s in W.read_scenes(world_dir, "train")}
+    assert sum(s["caption"] in train_captions for s in scenes) < 10  # their own scenes, not the images' again
+    for scene, text in zip(scenes, texts[40:]):
+        assert text.startswith("A chat between") and "<image>" not in text and text.endswith("</s>")
+        asked = turns(text)
+        by_kind = kinds(asked)
+        assert (len(by_kind["existence"]), len(by_kind["choice"]), len(by_kind["short"])) == (4, 3, 1)
+        assert sorted(a for _, a in by_kind["existence"]) == ["No", "No", "Yes", "Yes"]
+        assert_answered_as_the_scene_says(scene, asked)
+    assert texts == L.training_texts(world_dir, data_paths, n_scenes=30, seed=0)  # seeded
+    assert texts[40:] != L.training_texts(world_dir, data_paths, n_scenes=30, seed=1)[40:]
 
 
-def test_training_lowers_the_loss_saves_the_model_and_a_rerun_reuses_it(data_paths, tmp_path):
+def test_training_lowers_the_loss_saves_the_model_and_a_rerun_reuses_it(world_dir, data_paths, tmp_path):
     from transformers import LlamaForCausalLM
 
     plan = replace(llava_runs.make_plan(quick=True), lm_steps=30, batch=8)
     out = str(tmp_path / "llm")
-    first = L.build_language_model(out, data_paths, plan)
+    first = L.build_language_model(out, world_dir, data_paths, plan)
     history = first["history"]
     assert not first["reused"] and history[-1]["step"] == 30
     assert history[-1]["loss"] < 0.8 * history[0]["loss"]
@@ -52,7 +63,7 @@ def test_training_lowers_the_loss_saves_the_model_and_a_rerun_reuses_it(data_pat
     fresh = LlamaForCausalLM(trained.config)  # a random init like the one build_llm saved
     assert not torch.equal(trained.model.embed_tokens.weight, fresh.model.embed_tokens.weight)
 
-    again = L.build_language_model(out, data_paths, plan)
+    again = L.build_language_model(out, world_dir, data_paths, plan)
     assert again["reused"] and again["history"] == history
-    changed = L.build_language_model(out, data_paths, replace(plan, lm_steps=20))
+    changed = L.build_language_model(out, world_dir, data_paths, replace(plan, lm_steps=20))
     assert not changed["reused"] and changed["history"][-1]["step"] == 20

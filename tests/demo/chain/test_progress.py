@@ -77,7 +77,7 @@ def test_language_model_training_logs_progress(tmp_path):
     paths = D.write_training_data(root, str(tmp_path / "data"), n_train=16)
     plan = replace(llava_runs.make_plan(quick=True), lm_steps=20, batch=4)
     lines = []
-    result = L.build_language_model(str(tmp_path / "llm"), paths, plan, log=lines.append, progress_every=0)
+    result = L.build_language_model(str(tmp_path / "llm"), root, paths, plan, log=lines.append, progress_every=0)
     # every logged step (10, 20) with its logged loss; ETA 0 at the end
     assert lines[0].startswith("[chain] language model: step 10/20, loss ")
     assert lines[-1] == P.progress_line("language model", 20, 20, result["history"][-1]["loss"], 0.0)
