@@ -1,8 +1,9 @@
 """The chain's language model, built and trained by code (no download): a sentencepiece BPE
 vocabulary learned from the procedural world's text, a small Llama on it, and causal-LM training on
 that text alone (captions, and conversations in the stage-2 mix's answer styles about text-only
-scenes, rendered in LLaVA's vicuna_v1 template with the caption where the image goes). LLaVA's stage 1 then aligns image features with a model that already speaks
-the world's language, as it does with Vicuna; from a random LLM it could only learn noise.
+scenes, rendered in LLaVA's vicuna_v1 template with the caption where the image goes). LLaVA's
+stage 1 then aligns image features with a model that already speaks the world's language, as it
+does with Vicuna; from a random LLM it could only learn noise.
 
 Both LLaVA runs start from this one model, so the towers get the same LLM and budget. A finished
 model is reused by a rerun with the same plan (marker file written last).
@@ -103,10 +104,14 @@ def clipped_step(loss, parameters, optimizer, schedule, max_norm: float = 1.0) -
 
 
 def train_language_model(model_dir: str, texts: list[str], steps: int, batch: int, lr: float, seed: int,
-                         max_length: int = 512, log_every: int = 10, log=None, progress_every: float = 30.0) -> list[dict]:
+                         max_length: int = 512, log_every: int = 10, log=None, progress_every: float = 30.0,
+                         more_threads=None) -> list[dict]:
     """Causal-LM training of the Llama in model_dir on texts (AdamW, warmup then cosine); saves
     the model back and returns the loss history [{"step", "loss"}]. log: a progress line
-    (step/total, loss, ETA) at most every progress_every seconds."""
+    (step/total, loss, ETA) at most every progress_every seconds. more_threads: (event, n): from
+    the first step after the event is set, the training uses n torch threads (the chain sets it when
+    the DMU demo beside it has finished and left its core free); the result is the same bit for
+    bit as on one thread (tests check it), so when that happens does not change the model."""
     from .progress import Throttle, progress_line
 
     import numpy as np
@@ -130,6 +135,12 @@ def train_language_model(model_dir: str, texts: list[str], steps: int, batch: in
     history, window = [], []
     throttle = Throttle(progress_every)
     for step, rows in enumerate(_batches(encoded, batch, steps, seed), start=1):
+        if more_threads and more_threads[0].is_set():
+            # torch's thread count is this thread's own (OpenMP), so it is set here, in the LM's thread
+            torch.set_num_threads(more_threads[1])
+            if log:
+                log(f"[chain] language model: {more_threads[1]} threads from step {step}")
+            more_threads = None
         ids, mask, labels = _collate(rows)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         window.append(clipped_step(loss, model.parameters(), optimizer, schedule))
@@ -156,11 +167,12 @@ def build_untrained(out_dir: str, data_paths: dict, plan) -> None:
                    intermediate_size=2 * plan.llm_hidden, num_hidden_layers=plan.llm_layers)
 
 
-def build_language_model(out_dir: str, world_dir: str, data_paths: dict, plan, log=None, progress_every: float = 30.0) -> dict:
+def build_language_model(out_dir: str, world_dir: str, data_paths: dict, plan, log=None, progress_every: float = 30.0,
+                         more_threads=None) -> dict:
     """Tokenizer + Llama + LM training (plan: llava_runs.LlavaPlan) on training_texts, one text
     scene per training row (plan.lm_steps * plan.batch, each seen about once: fresh scenes were
-    the probe's lever); returns {"dir", "history", "seconds", "reused"}. log, progress_every:
-    see train_language_model."""
+    the probe's lever); returns {"dir", "history", "seconds", "reused"}. log, progress_every,
+    more_threads: see train_language_model."""
     from dataclasses import asdict
 
     marker = os.path.join(out_dir, DONE_MARKER)
@@ -174,7 +186,7 @@ def build_language_model(out_dir: str, world_dir: str, data_paths: dict, plan, l
     build_untrained(out_dir, data_paths, plan)
     texts = training_texts(world_dir, data_paths, plan.lm_steps * plan.batch, plan.seed)
     history = train_language_model(out_dir, texts, plan.lm_steps, plan.batch, plan.lm_lr, plan.seed,
-                                   log=log, progress_every=progress_every)
+                                   log=log, progress_every=progress_every, more_threads=more_threads)
     seconds = time.perf_counter() - start
     tmp = marker + ".tmp"
     with open(tmp, "w") as f:

@@ -67,3 +67,58 @@ def test_training_lowers_the_loss_saves_the_model_and_a_rerun_reuses_it(world_di
     assert again["reused"] and again["history"] == history
     changed = L.build_language_model(out, world_dir, data_paths, replace(plan, lm_steps=20))
     assert not changed["reused"] and changed["history"][-1]["step"] == 20
+
+
+class SetAfter:
+    """A threading.Event stand-in that reads as set from its (k+1)-th check on: the DMU demo
+    finishing while the LM is at step k+1."""
+
+    def __init__(self, k):
+        self.checks, self.k = 0, k
+
+    def is_set(self):
+        self.checks += 1
+        return self.checks > self.k
+
+
+def test_more_threads_midway_give_the_same_model_bit_for_bit(world_dir, data_paths, tmp_path):
+    """The chain gives the LM the demo's core when the demo finishes, at a step that depends on
+    timing: that must not change the model. The full plan's LLM sizes, so that torch's ops are
+    large enough to be split between threads."""
+    import shutil
+    import threading
+
+    from safetensors.torch import load_file
+
+    plan = replace(llava_runs.make_plan(quick=False), lm_steps=8)
+    init = str(tmp_path / "init")
+    L.build_untrained(init, data_paths, plan)
+    texts = L.training_texts(world_dir, data_paths, plan.lm_steps * plan.batch, plan.seed)
+
+    def train(name, more_threads):
+        out, lines = str(tmp_path / name), []
+
+        def log(line):
+            lines.append((line, torch.get_num_threads()))
+
+        shutil.copytree(init, out)
+        result = {}
+        # in a thread of its own, as in the chain (torch's thread count is per thread)
+        thread = threading.Thread(target=lambda: result.update(history=L.train_language_model(
+            out, texts, plan.lm_steps, plan.batch, plan.lm_lr, plan.seed, log=log, progress_every=1e9,
+            more_threads=more_threads)))
+        thread.start()
+        thread.join()
+        return result["history"], load_file(f"{out}/model.safetensors"), lines
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one_history, one_weights, _ = train("one", None)
+        history, weights, lines = train("switched", (SetAfter(3), 2))
+    finally:
+        torch.set_num_threads(threads_before)
+    assert ("[chain] language model: 2 threads from step 4", 2) in lines
+    assert history == one_history
+    assert one_weights.keys() == weights.keys()
+    assert all(torch.equal(one_weights[k], weights[k]) for k in weights)
