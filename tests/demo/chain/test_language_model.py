@@ -114,10 +114,12 @@ def test_more_threads_midway_give_the_same_model_bit_for_bit(world_dir, data_pat
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one_history, one_weights, _ = train("one", None)
+        one_history, one_weights, one_lines = train("one", None)
         history, weights, lines = train("switched", (SetAfter(3), 2))
     finally:
         torch.set_num_threads(threads_before)
+    # the baseline really trained on one thread (its progress line's count), the other switched
+    assert one_lines and all(n == 1 for _, n in one_lines)
     assert ("[chain] language model: 2 threads from step 4", 2) in lines
     assert history == one_history
     assert one_weights.keys() == weights.keys()
