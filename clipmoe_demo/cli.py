@@ -78,11 +78,18 @@ def main(argv=None) -> int:
     from clipmoe_encoder.errors import CLIPMoEError
     from eval_mllm.errors import EvalInputError
 
+    from .interrupt import process_tree_ends_on_interrupt
+
     try:
-        return args.func(args)
+        with process_tree_ends_on_interrupt():
+            return args.func(args)
     except (CLIPMoEError, EvalInputError) as err:  # bad input: one line, no traceback
         print(f"clipmoe-demo {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"clipmoe-demo {args.command}: interrupted; its worker processes are stopped. "
+              "Rerun the same command to resume from the last finished stage.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -105,13 +105,15 @@ def clipped_step(loss, parameters, optimizer, schedule, max_norm: float = 1.0) -
 
 def train_language_model(model_dir: str, texts: list[str], steps: int, batch: int, lr: float, seed: int,
                          max_length: int = 512, log_every: int = 10, log=None, progress_every: float = 30.0,
-                         more_threads=None) -> list[dict]:
+                         more_threads=None, after_step=None) -> list[dict]:
     """Causal-LM training of the Llama in model_dir on texts (AdamW, warmup then cosine); saves
     the model back and returns the loss history [{"step", "loss"}]. log: a progress line
     (step/total, loss, ETA) at most every progress_every seconds. more_threads: (event, n): from
     the first step after the event is set, the training uses n torch threads (the chain sets it when
     the DMU demo beside it has finished and left its core free); the result is the same bit for
-    bit as on one thread (tests check it), so when that happens does not change the model."""
+    bit as on one thread (tests check it), so when that happens does not change the model.
+    after_step: called as after_step(step, model) after each update (the probes evaluate the model
+    on the way; it must leave the model in training mode)."""
     from .progress import Throttle, progress_line
 
     import numpy as np
@@ -149,6 +151,8 @@ def train_language_model(model_dir: str, texts: list[str], steps: int, batch: in
             window = []
             if log and throttle.due(final=step == steps):
                 log(progress_line("language model", step, steps, history[-1]["loss"], throttle.eta(step, steps)))
+        if after_step:
+            after_step(step, model)
     model.save_pretrained(model_dir)
     return history
 

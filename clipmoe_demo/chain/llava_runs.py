@@ -286,6 +286,7 @@ def run_both(towers: dict, llm_dir: str, data_paths: dict, benchmarks: dict, out
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
+    from ..interrupt import die_with_parent
     from .progress import AnswerCounter, ProgressFollower, whole_lines
 
     log = whole_lines(log)  # the two runs' threads and the progress follower print side by side
@@ -304,7 +305,8 @@ def run_both(towers: dict, llm_dir: str, data_paths: dict, benchmarks: dict, out
         results = {name: f.result() for name, f in futures.items()}
     n_questions = sum(benchmarks[b]["n"] for b in BENCHMARKS)
     futures = {}
-    with ProcessPoolExecutor(max_workers=len(RUNS), mp_context=multiprocessing.get_context("spawn")) as pool, \
+    with ProcessPoolExecutor(max_workers=len(RUNS), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool, \
             ProgressFollower(current, log, progress_every):
         for name, result in results.items():
             log(f"[chain] llava-{name}: answering and scoring")

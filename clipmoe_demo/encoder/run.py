@@ -314,9 +314,12 @@ def training_jobs(plan: DemoPlan) -> dict[str, tuple[str, int, list[str]]]:
     return {f"seed{seed}/{kind}": (kind, seed, [f"seed{seed}/{n}" for n in needs[kind]]) for seed in plan.seeds for kind in needs}
 
 
-def _init_worker(threads: int):
+def _init_worker(threads: int, parent_pid: int):
     import torch
 
+    from ..interrupt import die_with_parent
+
+    die_with_parent(parent_pid)
     torch.set_num_threads(threads)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
@@ -370,7 +373,7 @@ def run_jobs(stages: Stages, jobs: dict, plan: DemoPlan, out_dir: str) -> tuple[
     if todo:
         # spawn, not fork: a forked child of a process that already ran torch can hang in OpenMP
         with ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(plan.threads,)) as pool:
+                                 initargs=(plan.threads, os.getpid())) as pool:
             running = {}
             while todo or running:
                 for name in [n for n in todo if all(d in done for d in jobs[n][2])][:max(1, workers) - len(running)]:

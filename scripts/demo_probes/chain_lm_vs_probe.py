@@ -1,12 +1,14 @@
 """Does the chain's LM training (language_model.py) learn what the probe's loop learns?
 
-python scripts/demo_probes/chain_lm_vs_probe.py STEPS OUT_DIR [--distinct]
+python scripts/demo_probes/chain_lm_vs_probe.py STEPS OUT_DIR [--distinct] [--eval-every N]
 
 The chain's texts (as language_model.text_conversation) for STEPS x 16 text scenes and the 2,400
 captions, trained by language_model.train_language_model, evaluated by the probe's Evaluation.
 --distinct: conversations that never ask a question twice (distinct_turns below) instead of
 data.dense_turns' draws, to test whether answers copied from an earlier turn hold the LM back
 (1,000 steps: balanced 75.4 / four-option 24.5 as the chain draws; 50.2 / 25.5 distinct).
+--eval-every N: also evaluate every N steps on the way (does a longer run lose what a shorter
+one learned?).
 """
 import argparse, os, random, sys, time, torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # lm_existence_probe.py
@@ -41,6 +43,7 @@ p = argparse.ArgumentParser()
 p.add_argument("steps", type=int)
 p.add_argument("out")
 p.add_argument("--distinct", action="store_true")
+p.add_argument("--eval-every", type=int, default=0)
 a = p.parse_args()
 draw = distinct_turns if a.distinct else D.dense_turns
 
@@ -55,7 +58,15 @@ corpus = [P.scene("train", i, settings) for i in range(P.CORPUS_SCENES)]
 tokenizer = tiny.build_tokenizer(a.out, tiny.conversation_corpus(D.pretrain_records(corpus), D.finetune_records(corpus), joined=True), vocab_size=1000)
 tiny.build_llm(a.out, len(tokenizer), 0, hidden_size=128, intermediate_size=256, num_hidden_layers=2)
 texts = [s["caption"] for s in corpus] + [text(s) for s in W.text_scenes(settings, a.steps * 16)]
+evaluate = P.Evaluation(AutoTokenizer.from_pretrained(a.out), settings)
 t = time.perf_counter()
-h = L.train_language_model(a.out, texts, a.steps, 16, 3e-3, 0)
+
+
+def on_the_way(step, model):
+    if a.eval_every and step % a.eval_every == 0 and step < a.steps:
+        print(step, evaluate(model), f"{time.perf_counter() - t:.0f} s", flush=True)
+
+
+h = L.train_language_model(a.out, texts, a.steps, 16, 3e-3, 0, after_step=on_the_way)
 print("distinct" if a.distinct else "dense", "trained", round(time.perf_counter() - t), "s; loss", h[-1])
-print(P.Evaluation(AutoTokenizer.from_pretrained(a.out), settings)(LlamaForCausalLM.from_pretrained(a.out)))
+print(a.steps, evaluate(LlamaForCausalLM.from_pretrained(a.out)))

@@ -1,0 +1,99 @@
+"""Stopping the demo stops its worker processes too: a signal to its main process alone (`kill
+PID`, a scheduler's SIGTERM, a SIGINT not from a terminal) or the main process killed outright.
+Real runs of `clipmoe-demo encoder --quick`, stopped once its pool workers are training."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HANG_LIMIT_S = 120  # far above the seconds an interrupt takes; only a hang reaches it
+
+
+def start_demo_until_workers_run(out: str):
+    """The quick encoder demo in a process of its own, returned once a job runs in a pool worker,
+    with the pool workers (spawned multiprocessing children, not its resource tracker)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "clipmoe_demo", "encoder", "--quick", "--out", out], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("[demo] ") and line.rstrip().endswith(": running"):
+            break
+    else:
+        pytest.fail(f"the demo ended before any job ran (exit {proc.wait()}):\n{''.join(seen)}{proc.stderr.read()}")
+    for _ in range(HANG_LIMIT_S * 10):  # the line is logged as the job is submitted, its worker starts then
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "multiprocessing" in " ".join(p.cmdline()) and "resource_tracker" not in " ".join(p.cmdline())]
+        if workers:
+            return proc, workers
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail("no pool worker started")
+
+
+def assert_all_ended(processes):
+    _, alive = psutil.wait_procs(processes, timeout=HANG_LIMIT_S)
+    assert not alive, [p.cmdline() for p in alive]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_main_process_alone_stops_the_workers_at_once(tmp_path, sig):
+    proc, workers = start_demo_until_workers_run(str(tmp_path / "demo"))
+    descendants = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(sig)  # the main process only: not its process group, as Ctrl-C would
+    try:
+        code = proc.wait(timeout=HANG_LIMIT_S)  # before: it waited for the running jobs to finish
+    finally:
+        proc.kill()
+    stderr = proc.stderr.read()
+    assert code == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr, stderr
+    assert_all_ended(workers + descendants)
+
+
+def test_workers_die_with_a_main_process_killed_outright(tmp_path):
+    proc, workers = start_demo_until_workers_run(str(tmp_path / "demo"))
+    proc.kill()  # SIGKILL: no handler runs; before, the workers went on as orphans
+    proc.wait()
+    assert_all_ended(workers)
+
+
+def test_ending_the_tree_reaches_grandchildren_and_those_that_ignore_sigterm():
+    """What the handler does: SIGTERM to every descendant, SIGKILL after the grace period. In a
+    process of its own (here it would also end the test session's other children)."""
+    ender = """
+import json, subprocess, sys, time, psutil
+from clipmoe_demo.interrupt import end_process_tree
+stubborn = "import signal, subprocess, time; subprocess.Popen(['sleep', '300']); signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
+child = subprocess.Popen([sys.executable, '-c', stubborn])
+while len(psutil.Process().children(recursive=True)) < 2:  # until the grandchild exists
+    time.sleep(0.1)
+tree = [p.pid for p in psutil.Process().children(recursive=True)]
+killed = end_process_tree(grace=1.0)
+print(json.dumps({"tree": tree, "child": child.pid, "killed": killed}))
+"""
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", ender], env=env, capture_output=True, text=True, timeout=HANG_LIMIT_S)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert len(result["tree"]) == 2
+    assert result["killed"] == [result["child"]]  # it ignored SIGTERM; its child did not
+    assert all(ended(pid) for pid in result["tree"])
+
+
+def ended(pid: int) -> bool:
+    """Gone, or a zombie left for init to collect (the process that started it has exited)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
