@@ -50,7 +50,7 @@ def end_process_tree(grace: float = GRACE_SECONDS) -> list[int]:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.terminate()
     _, alive = psutil.wait_procs(children, timeout=grace)
-    alive = [p for p in alive if not _ended(p)]
+    alive = [p for p in alive if not ended(p.pid)]
     for child in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
@@ -58,12 +58,12 @@ def end_process_tree(grace: float = GRACE_SECONDS) -> list[int]:
     return [p.pid for p in alive]
 
 
-def _ended(process) -> bool:
-    """Gone, or a zombie: ended, waiting for a parent (not this process) to collect its status."""
+def ended(pid: int) -> bool:
+    """Gone, or a zombie: ended, its exit status waiting for a parent (not this process) to collect."""
     import psutil
 
     try:
-        return process.status() == psutil.STATUS_ZOMBIE
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
 

@@ -12,6 +12,8 @@ import time
 import psutil
 import pytest
 
+from clipmoe_demo.interrupt import ended
+
 pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -89,11 +91,3 @@ print(json.dumps({"tree": tree, "child": child.pid, "killed": killed}))
     assert len(result["tree"]) == 2
     assert result["killed"] == [result["child"]]  # it ignored SIGTERM; its child did not
     assert all(ended(pid) for pid in result["tree"])
-
-
-def ended(pid: int) -> bool:
-    """Gone, or a zombie left for init to collect (the process that started it has exited)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
