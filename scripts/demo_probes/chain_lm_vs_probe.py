@@ -1,6 +1,7 @@
 """Does the chain's LM training (language_model.py) learn what the probe's loop learns?
 
 python scripts/demo_probes/chain_lm_vs_probe.py STEPS OUT_DIR [--distinct] [--eval-every N]
+                                                  [--short-turns N] [--no-captions]
 
 The chain's texts (as language_model.text_conversation) for STEPS x 16 text scenes and the 2,400
 captions, trained by language_model.train_language_model, evaluated by the probe's Evaluation.
@@ -9,6 +10,9 @@ data.dense_turns' draws, to test whether answers copied from an earlier turn hol
 (1,000 steps: balanced 75.4 / four-option 24.5 as the chain draws; 50.2 / 25.5 distinct).
 --eval-every N: also evaluate every N steps on the way (does a longer run lose what a shorter
 one learned?).
+--short-turns N (the chain: 1) and --no-captions (the chain trains on its 2,400 captions too):
+with --short-turns 0 --no-captions the texts are the kind lm_existence_probe.py --fresh
+--existence-pairs 2 --mc-turns 3 trains on, through the chain's loop.
 """
 import argparse, os, random, sys, time, torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # lm_existence_probe.py
@@ -44,12 +48,17 @@ p.add_argument("steps", type=int)
 p.add_argument("out")
 p.add_argument("--distinct", action="store_true")
 p.add_argument("--eval-every", type=int, default=0)
+p.add_argument("--short-turns", type=int, default=L.TEXT_TURNS["short_turns"])
+p.add_argument("--no-captions", action="store_true")
 a = p.parse_args()
 draw = distinct_turns if a.distinct else D.dense_turns
 
 
+turns = {**L.TEXT_TURNS, "short_turns": a.short_turns}
+
+
 def text(s):  # language_model.text_conversation(s, 0), with this run's draws
-    return L.vicuna_text(D.conversation(draw(s, random.Random(f"0-text-{s['index']}"), **L.TEXT_TURNS)), s["caption"])
+    return L.vicuna_text(D.conversation(draw(s, random.Random(f"0-text-{s['index']}"), **turns)), s["caption"])
 
 
 torch.set_num_threads(1)
@@ -57,7 +66,7 @@ settings = W.WorldSettings(image_size=48)
 corpus = [P.scene("train", i, settings) for i in range(P.CORPUS_SCENES)]
 tokenizer = tiny.build_tokenizer(a.out, tiny.conversation_corpus(D.pretrain_records(corpus), D.finetune_records(corpus), joined=True), vocab_size=1000)
 tiny.build_llm(a.out, len(tokenizer), 0, hidden_size=128, intermediate_size=256, num_hidden_layers=2)
-texts = [s["caption"] for s in corpus] + [text(s) for s in W.text_scenes(settings, a.steps * 16)]
+texts = ([] if a.no_captions else [s["caption"] for s in corpus]) + [text(s) for s in W.text_scenes(settings, a.steps * 16)]
 evaluate = P.Evaluation(AutoTokenizer.from_pretrained(a.out), settings)
 t = time.perf_counter()
 
@@ -68,5 +77,5 @@ def on_the_way(step, model):
 
 
 h = L.train_language_model(a.out, texts, a.steps, 16, 3e-3, 0, after_step=on_the_way)
-print("distinct" if a.distinct else "dense", "trained", round(time.perf_counter() - t), "s; loss", h[-1])
+print("distinct" if a.distinct else "dense", turns, "captions" if not a.no_captions else "no captions", "trained", round(time.perf_counter() - t), "s; loss", h[-1])
 print(a.steps, evaluate(LlamaForCausalLM.from_pretrained(a.out)))
