@@ -80,15 +80,16 @@ def main(argv=None) -> int:
 
     from .interrupt import process_tree_ends_on_interrupt
 
+    interrupted = (f"clipmoe-demo {args.command}: interrupted; its worker processes are stopped. "
+                   "Rerun the same command to resume from the last finished stage.")
     try:
-        with process_tree_ends_on_interrupt():
+        with process_tree_ends_on_interrupt(interrupted):
             return args.func(args)
     except (CLIPMoEError, EvalInputError) as err:  # bad input: one line, no traceback
         print(f"clipmoe-demo {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"clipmoe-demo {args.command}: interrupted; its worker processes are stopped. "
-              "Rerun the same command to resume from the last finished stage.", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return 130
 
 

@@ -2,6 +2,7 @@
 PID`, a scheduler's SIGTERM, a SIGINT not from a terminal) or the main process killed outright.
 Real runs of `clipmoe-demo encoder --quick`, stopped once its pool workers are training."""
 
+import contextlib
 import json
 import os
 import signal
@@ -43,9 +44,16 @@ def start_demo_until_workers_run(out: str):
     pytest.fail("no pool worker started")
 
 
-def assert_all_ended(processes):
+def still_running(processes) -> list[str]:
+    """The command lines of those still running after HANG_LIMIT_S. Those are then killed, so a
+    failing test leaves no orphan that goes on using the cores or holds the demo's pipes open."""
     _, alive = psutil.wait_procs(processes, timeout=HANG_LIMIT_S)
-    assert not alive, [p.cmdline() for p in alive]
+    running = []
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            running.append(" ".join(p.cmdline()))
+            p.kill()
+    return running
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -55,19 +63,21 @@ def test_a_signal_to_the_main_process_alone_stops_the_workers_at_once(tmp_path, 
     proc.send_signal(sig)  # the main process only: not its process group, as Ctrl-C would
     try:
         code = proc.wait(timeout=HANG_LIMIT_S)  # before: it waited for the running jobs to finish
-    finally:
+    except subprocess.TimeoutExpired:
+        code = None
         proc.kill()
+    running = still_running(workers + descendants)  # before: SIGTERM left the workers running
     stderr = proc.stderr.read()
     assert code == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr, stderr
-    assert_all_ended(workers + descendants)
+    assert not running
 
 
 def test_workers_die_with_a_main_process_killed_outright(tmp_path):
     proc, workers = start_demo_until_workers_run(str(tmp_path / "demo"))
     proc.kill()  # SIGKILL: no handler runs; before, the workers went on as orphans
     proc.wait()
-    assert_all_ended(workers)
+    assert not still_running(workers)
 
 
 def test_ending_the_tree_reaches_grandchildren_and_those_that_ignore_sigterm():
