@@ -78,6 +78,8 @@ def make_plan(quick: bool) -> LlavaPlan:
     # beside the DMU demo (1,293 s against the demo's 1,013 s), held the chain up for 280 s (31.6 min
     # in all). 2,500 steps did not save that time (31.2 min, the LM 1,196 s beside a 1,092-s demo)
     # and both LLaVAs fell back to chance on POPE-style (50.1 / 49.5, yes-ratio 72): 3,000 steps.
+    # MMBench-style stayed at chance (22.7 / 24.0) with an LM at 19.5 four-option accuracy on text;
+    # the LM's text lost its short-answer turn and the stage-1 captions (TEXT_TURNS), which took that to 35.0.
     return LlavaPlan(n_train=2400, n_test=150, llm_hidden=128, llm_layers=2, vocab_size=1000, batch=16,
                      stage1_epochs=1, stage2_epochs=8, lm_steps=3000, stage2_lr=3e-4)
 
@@ -159,14 +161,26 @@ def _script(name: str, env_overrides: dict, extra: list[str], log_path: str) -> 
     return time.perf_counter() - start
 
 
+def input_digests(*paths: str) -> dict[str, str]:
+    """{file: sha256} of the given files and of the files directly in the given folders: what a
+    stage trains from (the LLM, the tower, the data), by content, not by name (the chain rewrites
+    them in place: a rerun whose LM was retrained must not reuse stages trained on the old one)."""
+    from clipmoe_encoder.dmu.runfolder import sha256_file
+
+    files = []
+    for path in paths:
+        files += sorted(os.path.join(path, f) for f in os.listdir(path)) if os.path.isdir(path) else [path]
+    return {f: sha256_file(f) for f in files if os.path.isfile(f)}
+
+
 def _stage(name: str, out_dir: str, env_overrides: dict, extra: list[str], log_path: str,
-           plan: LlavaPlan, on_start=None) -> tuple[float, bool]:
+           plan: LlavaPlan, on_start=None, inputs: dict | None = None) -> tuple[float, bool]:
     """Run one training script unless an earlier run of the chain finished it with the same
-    settings (the marker is written only after the script exited 0, so a killed stage is redone
-    from its start, and a stage of another mode or plan is redone). out_dir is the chain's own
-    stage folder. Returns (seconds, reused)."""
+    settings and inputs (input_digests; the marker is written only after the script exited 0, so a
+    killed stage is redone from its start, and a stage of another mode, plan or input is redone).
+    out_dir is the chain's own stage folder. Returns (seconds, reused)."""
     marker = os.path.join(out_dir, DONE_MARKER)
-    settings = {"script": name, "env": env_overrides, "args": extra, "plan": asdict(plan)}
+    settings = {"script": name, "env": env_overrides, "args": extra, "plan": asdict(plan), "inputs": inputs or {}}
     if os.path.isfile(marker):
         with open(marker) as f:
             done = json.load(f)
@@ -203,6 +217,7 @@ def train_run(name: str, tower: str, llm_dir: str, data_paths: dict, image_folde
     stage2 = os.path.join(run_dir, "llava-stage2")  # LLaVA's loader wants "llava" in the name
     common = {"TINY_ROOT": run_dir, "TINY_MODEL": llm_dir, "TINY_IMAGE_FOLDER": image_folder,
               "TINY_BATCH": str(plan.batch), "VISION_TOWER": tower}
+    inputs = input_digests(llm_dir, tower.removeprefix("clipmoe:"), data_paths["pretrain"], data_paths["finetune"])
     steps1 = plan.steps(_n_records(data_paths["pretrain"]), plan.stage1_epochs)
     steps2 = plan.steps(_n_records(data_paths["finetune"]), plan.stage2_epochs)
     seconds, reused = {}, {}
@@ -210,14 +225,14 @@ def train_run(name: str, tower: str, llm_dir: str, data_paths: dict, image_folde
         "pretrain.sh", stage1, dict(common, TINY_DATA_PATH=data_paths["pretrain"], TINY_OUTPUT_DIR=stage1,
                                     TINY_STEPS=str(steps1)),
         ["--learning_rate", str(plan.stage1_lr), "--seed", str(plan.seed)], os.path.join(run_dir, "stage1.log"), plan,
-        following("stage 1"))
+        following("stage 1"), inputs)
     if not reused["stage1"]:  # a new projector: stage 2 must start from it
         shutil.rmtree(stage2, ignore_errors=True)
     seconds["stage2"], reused["stage2"] = _stage(
         "finetune.sh", stage2, dict(common, TINY_DATA_PATH=data_paths["finetune"], TINY_OUTPUT_DIR=stage2,
                                     PRETRAIN_DIR_TINY=stage1, TINY_STEPS=str(steps2)),
         ["--learning_rate", str(plan.stage2_lr), "--seed", str(plan.seed)], os.path.join(run_dir, "stage2.log"), plan,
-        following("stage 2"))
+        following("stage 2"), inputs)
     current.pop(f"llava-{name}", None)
     return {"name": name, "tower": tower, "stage1": stage1, "stage2": stage2, "steps": {"stage1": steps1, "stage2": steps2},
             "seconds": seconds, "reused": reused}

@@ -119,18 +119,27 @@ def test_a_redone_stage_starts_in_an_empty_folder_and_its_log_parses(tmp_path):
     log = str(tmp_path / "stage1.log")
     env = {"TINY_ROOT": world.root, "TINY_OUTPUT_DIR": str(out), "TINY_STEPS": "2"}
     followed = []
-    _, reused = llava_runs._stage("pretrain.sh", str(out), env, [], log, plan, followed.append)
+    inputs = llava_runs.input_digests(world.llm, world.pretrain_json)
+    _, reused = llava_runs._stage("pretrain.sh", str(out), env, [], log, plan, followed.append, inputs)
     assert not reused and followed == [log]
     with open(out / llava_runs.DONE_MARKER) as f:  # the old marker replaced by one with this stage's settings
-        assert json.load(f)["settings"] == {"script": "pretrain.sh", "env": env, "args": [], "plan": asdict(plan)}
+        assert json.load(f)["settings"] == {"script": "pretrain.sh", "env": env, "args": [], "plan": asdict(plan),
+                                            "inputs": inputs}
     with open(out / "trainer_state.json") as f:
         history = [h for h in json.load(f)["log_history"] if "loss" in h]
     state = P.trainer_log_state(log)
     assert state["step"] == state["total"] == 2 and state["loss"] == pytest.approx(history[-1]["loss"], rel=1e-3)
     trained = (out / "trainer_state.json").stat().st_mtime_ns
-    _, reused = llava_runs._stage("pretrain.sh", str(out), env, [], log, plan, followed.append)
+    _, reused = llava_runs._stage("pretrain.sh", str(out), env, [], log, plan, followed.append, inputs)
     assert reused and followed == [log]  # the same settings: not run again (no new start, the checkpoint untouched)
     assert (out / "trainer_state.json").stat().st_mtime_ns == trained
+
+    with open(world.pretrain_json, "a") as f:  # the data edited in place: same name, other content
+        f.write("\n")
+    changed = llava_runs.input_digests(world.llm, world.pretrain_json)
+    assert changed != inputs and changed.keys() == inputs.keys()
+    _, reused = llava_runs._stage("pretrain.sh", str(out), env, [], log, plan, followed.append, changed)
+    assert not reused and followed == [log, log]
 
 
 def test_lines_logged_from_threads_side_by_side_stay_whole():
