@@ -1,18 +1,19 @@
 """Does the chain's LM training (language_model.py) learn what the probe's loop learns?
 
 python scripts/demo_probes/chain_lm_vs_probe.py STEPS OUT_DIR [--distinct] [--eval-every N]
-                                                  [--short-turns N] [--no-captions]
+                                                  [--short-turns N] [--captions]
 
-The chain's texts (as language_model.text_conversation) for STEPS x 16 text scenes and the 2,400
-captions, trained by language_model.train_language_model, evaluated by the probe's Evaluation.
+The chain's texts (as language_model.text_conversation) for STEPS x 16 text scenes, trained by
+language_model.train_language_model, evaluated by the probe's Evaluation.
 --distinct: conversations that never ask a question twice (distinct_turns below) instead of
 data.dense_turns' draws, to test whether answers copied from an earlier turn hold the LM back
 (1,000 steps: balanced 75.4 / four-option 24.5 as the chain draws; 50.2 / 25.5 distinct).
 --eval-every N: also evaluate every N steps on the way (does a longer run lose what a shorter
 one learned?).
---short-turns N (the chain: 1) and --no-captions (the chain trains on its 2,400 captions too):
-with --short-turns 0 --no-captions the texts are the kind lm_existence_probe.py --fresh
---existence-pairs 2 --mc-turns 3 trains on, through the chain's loop.
+--short-turns N (the chain: TEXT_TURNS) and --captions (the 2,400 stage-1 captions beside them, as
+the chain trained until 3,000 steps showed: with --short-turns 1 --captions 76.5 / 19.5, with
+--short-turns 0 and no captions 78.3 / 35.0; these are the texts lm_existence_probe.py --fresh
+--existence-pairs 2 --mc-turns 3 trains on, through the chain's loop).
 """
 import argparse, os, random, sys, time, torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # lm_existence_probe.py
@@ -49,7 +50,7 @@ p.add_argument("out")
 p.add_argument("--distinct", action="store_true")
 p.add_argument("--eval-every", type=int, default=0)
 p.add_argument("--short-turns", type=int, default=L.TEXT_TURNS["short_turns"])
-p.add_argument("--no-captions", action="store_true")
+p.add_argument("--captions", action="store_true")
 a = p.parse_args()
 draw = distinct_turns if a.distinct else D.dense_turns
 
@@ -66,7 +67,7 @@ settings = W.WorldSettings(image_size=48)
 corpus = [P.scene("train", i, settings) for i in range(P.CORPUS_SCENES)]
 tokenizer = tiny.build_tokenizer(a.out, tiny.conversation_corpus(D.pretrain_records(corpus), D.finetune_records(corpus), joined=True), vocab_size=1000)
 tiny.build_llm(a.out, len(tokenizer), 0, hidden_size=128, intermediate_size=256, num_hidden_layers=2)
-texts = ([] if a.no_captions else [s["caption"] for s in corpus]) + [text(s) for s in W.text_scenes(settings, a.steps * 16)]
+texts = ([s["caption"] for s in corpus] if a.captions else []) + [text(s) for s in W.text_scenes(settings, a.steps * 16)]
 evaluate = P.Evaluation(AutoTokenizer.from_pretrained(a.out), settings)
 t = time.perf_counter()
 
@@ -77,5 +78,5 @@ def on_the_way(step, model):
 
 
 h = L.train_language_model(a.out, texts, a.steps, 16, 3e-3, 0, after_step=on_the_way)
-print("distinct" if a.distinct else "dense", turns, "captions" if not a.no_captions else "no captions", "trained", round(time.perf_counter() - t), "s; loss", h[-1])
+print("distinct" if a.distinct else "dense", turns, "captions" if a.captions else "no captions", "trained", round(time.perf_counter() - t), "s; loss", h[-1])
 print(a.steps, evaluate(LlamaForCausalLM.from_pretrained(a.out)))
