@@ -1,6 +1,7 @@
 """Train the demo's dense base at another size or schedule; print zero-shot and linear-probe top-1.
 
 python scripts/demo_probes/base_variant.py --world DEMO/world --out DIR [--epochs 8] [--patch 8] [--hidden 128] [--layers 3]
+                                           [--image-size N]
 """
 
 from __future__ import annotations
@@ -53,12 +54,18 @@ def main(argv=None) -> None:
     p.add_argument("--hidden", type=int, default=FULL.hidden_size)
     p.add_argument("--layers", type=int, default=FULL.num_layers)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="train and evaluate on the same world drawn at this size (written to OUT/world): "
+                        "every object proportionally larger in pixels")
     p.add_argument("--batches-within", choices=("none", "colour"), default="none",
                    help="colour: every batch from scenes of one main colour (ground truth), so colour tells no captions apart")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    with open(os.path.join(a.world, "world.json")) as f:
-        image_size = json.load(f)["settings"]["image_size"]
+    if a.image_size:
+        resized = os.path.join(a.out, "world")
+        W.write_world(resized, dataclasses.replace(W.read_settings(a.world), image_size=a.image_size))
+        a.world = resized
+    image_size = W.read_settings(a.world).image_size
     size = dataclasses.replace(FULL, image_size=image_size, patch_size=a.patch, hidden_size=a.hidden, num_layers=a.layers)
     init = write_base_init(os.path.join(a.out, "init"), size, W.vocabulary(), a.seed)
     start = time.perf_counter()

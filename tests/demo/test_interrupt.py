@@ -101,3 +101,25 @@ print(json.dumps({"tree": tree, "child": child.pid, "killed": killed}))
     assert len(result["tree"]) == 2
     assert result["killed"] == [result["child"]]  # it ignored SIGTERM; its child did not
     assert all(ended(pid) for pid in result["tree"])
+
+
+def test_a_main_thread_that_does_not_unwind_is_exited_after_the_deadline():
+    """Python 3.11's ProcessPoolExecutor can hang for good in its shutdown once its workers are
+    killed (seen with SIGTERM on the quick demo); here a block that swallows the interrupt and
+    sleeps stands in for it: the process still exits with 130 and the interrupted line."""
+    code = ("import time; from clipmoe_demo.interrupt import process_tree_ends_on_interrupt\n"
+            "with process_tree_ends_on_interrupt('stopped: rerun to resume', unwind_seconds=1):\n"
+            "    print('ready', flush=True)\n"
+            "    try:\n"
+            "        time.sleep(60)\n"
+            "    except KeyboardInterrupt:\n"
+            "        time.sleep(HANG)\n").replace("HANG", str(HANG_LIMIT_S * 2))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        exit_code = proc.wait(timeout=HANG_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        exit_code = None
+        proc.kill()
+    assert exit_code == 130 and proc.stderr.read().strip() == "stopped: rerun to resume"

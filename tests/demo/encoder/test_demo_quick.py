@@ -2,12 +2,14 @@
 Its times are measured and written into the report, never asserted here (they depend on the machine)."""
 
 import ast
+import dataclasses
 import json
 import os
 
 import pytest
 
 from clipmoe_demo import cli
+from clipmoe_demo import world as W
 from clipmoe_demo.encoder.run import MODELS
 
 from .. import probe_script
@@ -141,3 +143,8 @@ def test_the_diagnostic_probes_run_on_a_demo_world(quick_demo, tmp_path, capsys)
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for attribute in ("shape", "colour", "count", "size"):
         assert 0 <= figures[f"{attribute}_top1"] <= 100 and 0 <= figures[f"{attribute}_linear_probe"] <= 100
+    probe_script("base_variant").main(["--world", world, "--out", str(tmp_path / "big"), "--epochs", "1", "--batch", "32",
+                                       "--patch", "4", "--hidden", "32", "--layers", "1", "--image-size", "40"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["settings"]["image_size"] == 40
+    resized = W.read_settings(str(tmp_path / "big" / "world"))
+    assert resized == dataclasses.replace(W.read_settings(world), image_size=40) != W.read_settings(world)
