@@ -12,6 +12,7 @@ import json
 import os
 import time
 
+import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
@@ -43,6 +44,48 @@ def linear_probe(model_dir: str, world_dir: str, n: int = 2000) -> dict:
     return out
 
 
+def shape_twin(scene: W.Scene, rng: np.random.Generator) -> W.Scene:
+    """The same scene with every group's shape replaced by another one (colours, sizes, counts and
+    object positions kept), so the twin's caption and image differ from the scene's in shape only."""
+    groups, taken = [], set()
+    for g in scene.groups:
+        others = [s for s in W.SHAPES if s != g.shape and (s, g.colour) not in taken]
+        shape = str(rng.choice(others))
+        orientation = str(rng.choice(W.ORIENTED[shape])) if shape in W.ORIENTED else None
+        groups.append(dataclasses.replace(g, shape=shape, orientation=orientation))
+        taken.add((shape, g.colour))
+    objects = [dataclasses.replace(o, shape=groups[o.group].shape, orientation=groups[o.group].orientation) for o in scene.objects]
+    return W.Scene(groups, objects, scene.prefix)
+
+
+def add_shape_twins(world_dir: str, batch: int) -> list[int]:
+    """Append a shape twin of every training scene to the world's train files (images under
+    images/train_twin/); returns batch groups that make every batch batch/2 scenes and their twins."""
+    settings = W.read_settings(world_dir)
+    n = settings.n_train
+    groups = [i // (batch // 2) for i in range(n)] * 2
+    with open(os.path.join(world_dir, "train.jsonl")) as f:
+        if sum(1 for line in f if line.strip()) == 2 * n:  # added by an earlier run
+            return groups
+    os.makedirs(os.path.join(world_dir, "images", "train_twin"), exist_ok=True)
+    records, scenes = [], []
+    for i in range(n):
+        scene, _ = W.make_scene(settings, "train", i)
+        rng = np.random.default_rng([settings.seed, 100, i])
+        twin = shape_twin(scene, rng)
+        rel = f"images/train_twin/{i:06d}.png"
+        W.render(twin, settings.image_size, rng).save(os.path.join(world_dir, rel))
+        d = twin.to_dict()
+        short = W.scene_rng(settings.seed + 1, "train", i).random() < settings.short_caption_prob  # the scene's caption style
+        records.append({"image": rel, "caption": d["short_caption" if short else "caption"]})
+        scenes.append(dict(d, image=rel, index=n + i))
+    with open(os.path.join(world_dir, "train.jsonl"), "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    with open(os.path.join(world_dir, "train_scenes.jsonl"), "a") as f:
+        f.writelines(json.dumps(s) + "\n" for s in scenes)
+    return groups
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--world", required=True)
@@ -57,19 +100,21 @@ def main(argv=None) -> None:
     p.add_argument("--image-size", type=int, default=None,
                    help="train and evaluate on the same world drawn at this size (written to OUT/world): "
                         "every object proportionally larger in pixels")
+    p.add_argument("--shape-twins", action="store_true",
+                   help="add a shape twin of every training scene (same scene, other shapes) and batch each scene with its twin")
     p.add_argument("--batches-within", choices=("none", "colour"), default="none",
                    help="colour: every batch from scenes of one main colour (ground truth), so colour tells no captions apart")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    if a.image_size:
-        resized = os.path.join(a.out, "world")
-        W.write_world(resized, dataclasses.replace(W.read_settings(a.world), image_size=a.image_size))
-        a.world = resized
+    if a.image_size or a.shape_twins:
+        redrawn = os.path.join(a.out, "world")
+        W.write_world(redrawn, dataclasses.replace(W.read_settings(a.world), image_size=a.image_size or W.read_settings(a.world).image_size))
+        a.world = redrawn
     image_size = W.read_settings(a.world).image_size
     size = dataclasses.replace(FULL, image_size=image_size, patch_size=a.patch, hidden_size=a.hidden, num_layers=a.layers)
     init = write_base_init(os.path.join(a.out, "init"), size, W.vocabulary(), a.seed)
     start = time.perf_counter()
-    groups = None
+    groups = add_shape_twins(a.world, a.batch) if a.shape_twins else None
     if a.batches_within == "colour":  # train.jsonl lists the training scenes in order
         groups = [list(W.COLOURS).index(s["groups"][0]["colour"]) for s in W.read_scenes(a.world, "train")]
     model = train_contrastive(init, os.path.join(a.world, "train.jsonl"), a.out, trainable="all", stage_name="base",

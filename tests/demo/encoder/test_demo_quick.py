@@ -144,7 +144,12 @@ def test_the_diagnostic_probes_run_on_a_demo_world(quick_demo, tmp_path, capsys)
     for attribute in ("shape", "colour", "count", "size"):
         assert 0 <= figures[f"{attribute}_top1"] <= 100 and 0 <= figures[f"{attribute}_linear_probe"] <= 100
     probe_script("base_variant").main(["--world", world, "--out", str(tmp_path / "big"), "--epochs", "1", "--batch", "32",
-                                       "--patch", "4", "--hidden", "32", "--layers", "1", "--image-size", "40"])
+                                       "--patch", "4", "--hidden", "32", "--layers", "1", "--image-size", "40", "--shape-twins"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["settings"]["image_size"] == 40
+    assert len(W.read_scenes(str(tmp_path / "big" / "world"), "train")) == 2 * W.read_settings(world).n_train  # and the twins
     resized = W.read_settings(str(tmp_path / "big" / "world"))
     assert resized == dataclasses.replace(W.read_settings(world), image_size=40) != W.read_settings(world)
+    probe_script("shape_supervised").main(["--world", world, "--steps", "3", "--eval-every", "3", "--batch", "8",
+                                           "--warmup", "1", "--patch", "4", "--hidden", "32", "--layers", "1"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("3 loss ") and 0 <= float(line.split("shape_top1 ")[1].split()[0]) <= 100
