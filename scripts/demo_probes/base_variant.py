@@ -108,7 +108,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     if a.image_size or a.shape_twins:
         redrawn = os.path.join(a.out, "world")
-        W.write_world(redrawn, dataclasses.replace(W.read_settings(a.world), image_size=a.image_size or W.read_settings(a.world).image_size))
+        settings = W.read_settings(a.world)
+        W.write_world(redrawn, dataclasses.replace(settings, image_size=a.image_size or settings.image_size))
         a.world = redrawn
     image_size = W.read_settings(a.world).image_size
     size = dataclasses.replace(FULL, image_size=image_size, patch_size=a.patch, hidden_size=a.hidden, num_layers=a.layers)

@@ -13,15 +13,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import tempfile
 
-import numpy as np
 import torch
 from PIL import Image
-from transformers import CLIPModel
+from transformers import CLIPModel, get_cosine_schedule_with_warmup
 
 from clipmoe_demo import world as W
-from clipmoe_demo.encoder.base import FULL, clip_config, image_processor
-from clipmoe_demo.tokenizer import build_tokenizer
+from clipmoe_demo.encoder.base import FULL, image_processor, write_base_init
 
 
 def labelled_images(world_dir: str, split: str, processor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,19 +48,16 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     image_size = W.read_settings(a.world).image_size
-    size = dataclasses.replace(FULL, image_size=image_size, patch_size=a.patch, hidden_size=a.hidden, num_layers=a.layers,
-                               projection_dim=a.hidden)
+    size = dataclasses.replace(FULL, image_size=image_size, patch_size=a.patch, hidden_size=a.hidden, num_layers=a.layers)
     processor = image_processor(image_size)
     train_x, train_y = labelled_images(a.world, "train", processor)
     test_x, test_y = labelled_images(a.world, "test", processor)
-    torch.manual_seed(a.seed)  # the base's initialisation for this seed (write_base_init seeds the same way)
-    model = CLIPModel(clip_config(size, build_tokenizer(W.vocabulary(), model_max_length=size.max_positions)))
+    with tempfile.TemporaryDirectory() as init:  # the base's own initialisation for this seed
+        model = CLIPModel.from_pretrained(write_base_init(init, size, W.vocabulary(), a.seed))
     head = torch.nn.Linear(size.projection_dim, len(W.SHAPES))
     params = [*model.vision_model.parameters(), *model.visual_projection.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.1)
-    # linear warmup, then cosine decay: the base trainer's schedule
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / a.warmup) * 0.5 * (1 + np.cos(np.pi * min(s, a.steps) / a.steps)))
+    schedule = get_cosine_schedule_with_warmup(optimizer, a.warmup, a.steps)  # the base trainer's schedule
     generator = torch.Generator().manual_seed(a.seed)
 
     def logits(x):  # the head reads the tower's image embedding, what the contrastive loss compares
