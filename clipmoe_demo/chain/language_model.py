@@ -107,13 +107,12 @@ def clipped_step(loss, parameters, optimizer, schedule, max_norm: float = 1.0) -
 
 def train_language_model(model_dir: str, texts: list[str], steps: int, batch: int, lr: float, seed: int,
                          max_length: int = 512, log_every: int = 10, log=None, progress_every: float = 30.0,
-                         more_threads=None, after_step=None) -> list[dict]:
+                         after_step=None) -> list[dict]:
     """Causal-LM training of the Llama in model_dir on texts (AdamW, warmup then cosine); saves
     the model back and returns the loss history [{"step", "loss"}]. log: a progress line
-    (step/total, loss, ETA) at most every progress_every seconds. more_threads: (event, n): from
-    the first step after the event is set, the training uses n torch threads (the chain sets it when
-    the DMU demo beside it has finished and left its core free); the result is the same bit for
-    bit as on one thread (tests check it), so when that happens does not change the model.
+    (step/total, loss, ETA) at most every progress_every seconds. The caller's torch thread count
+    is kept throughout: a count that changed midway, at a step set by timing, would change the
+    model (on some CPUs the weight gradients' matmuls split their sums by thread).
     after_step: called as after_step(step, model) after each update (the probes evaluate the model
     on the way; it must leave the model in training mode)."""
     from .progress import Throttle, progress_line
@@ -139,12 +138,6 @@ def train_language_model(model_dir: str, texts: list[str], steps: int, batch: in
     history, window = [], []
     throttle = Throttle(progress_every)
     for step, rows in enumerate(_batches(encoded, batch, steps, seed), start=1):
-        if more_threads and more_threads[0].is_set():
-            # torch's thread count is this thread's own (OpenMP), so it is set here, in the LM's thread
-            torch.set_num_threads(more_threads[1])
-            if log:
-                log(f"[chain] language model: {more_threads[1]} threads from step {step}")
-            more_threads = None
         ids, mask, labels = _collate(rows)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         window.append(clipped_step(loss, model.parameters(), optimizer, schedule))
@@ -173,12 +166,12 @@ def build_untrained(out_dir: str, data_paths: dict, plan) -> None:
                    intermediate_size=2 * plan.llm_hidden, num_hidden_layers=plan.llm_layers)
 
 
-def build_language_model(out_dir: str, world_dir: str, data_paths: dict, plan, log=None, progress_every: float = 30.0,
-                         more_threads=None) -> dict:
+def build_language_model(out_dir: str, world_dir: str, data_paths: dict, plan, log=None,
+                         progress_every: float = 30.0) -> dict:
     """Tokenizer + Llama + LM training (plan: llava_runs.LlavaPlan) on training_texts, one text
     scene per training row (plan.lm_steps * plan.batch, each seen about once: fresh scenes were
-    the probe's lever); returns {"dir", "history", "seconds", "reused"}. log, progress_every,
-    more_threads: see train_language_model."""
+    the probe's lever); returns {"dir", "history", "seconds", "reused"}. log, progress_every: see
+    train_language_model."""
     from dataclasses import asdict
 
     marker = os.path.join(out_dir, DONE_MARKER)
@@ -192,7 +185,7 @@ def build_language_model(out_dir: str, world_dir: str, data_paths: dict, plan, l
     build_untrained(out_dir, data_paths, plan)
     texts = training_texts(world_dir, plan.lm_steps * plan.batch, plan.seed)
     history = train_language_model(out_dir, texts, plan.lm_steps, plan.batch, plan.lm_lr, plan.seed,
-                                   log=log, progress_every=progress_every, more_threads=more_threads)
+                                   log=log, progress_every=progress_every)
     seconds = time.perf_counter() - start
     tmp = marker + ".tmp"
     with open(tmp, "w") as f:

@@ -14,8 +14,6 @@ import time
 
 # seconds between the console's progress lines of the long phases (LM training, LLaVA stages)
 PROGRESS_EVERY_S = {False: 30.0, True: 10.0}
-# torch threads of the language model once the DMU demo has finished: the cores of its two workers
-LM_THREADS_AFTER_DEMO = 2
 LM_STAGE = "language model: tokenizer, Llama, causal-LM training on the world's text (beside the DMU demo)"
 
 
@@ -75,18 +73,14 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
 
     # The language model trains in a thread beside the DMU demo: the demo's two worker processes
     # train the seeds, its main process mostly waits for them, and torch's ops release the GIL.
-    # One torch thread everywhere (the demo's setting). Measured on 2 cores (full mode): the LM's
-    # 3,000 steps on its denser text took 1,293 s beside the demo (1,013 s), whose workers ran their
-    # stages more slowly meanwhile (a base: 213 s beside it, 130 s after); whether that beats running
-    # the two one after the other is not measured. The LM outlasted the demo by 280 s, on one core
-    # with the other idle: once the demo has finished, the LM takes both (the same model bit for bit).
+    # One torch thread everywhere (the demo's setting), the LM's whole training included. It
+    # outlasts the demo (stop 30's full run: 993 s against 940 s), but taking the demo's core once
+    # the demo has finished, at a step set by timing, changed the model on some CPUs (the weight
+    # gradients' matmuls split their sums by thread): the same run must give the same model.
     torch.set_num_threads(1)
-    demo_finished = threading.Event()
     llm_result = in_background(lambda: timed(LM_STAGE, lambda: language_model.build_language_model(
-        os.path.join(llava_dir, "llm"), world_dir, paths, plan, log, every,
-        more_threads=(demo_finished, LM_THREADS_AFTER_DEMO))))
+        os.path.join(llava_dir, "llm"), world_dir, paths, plan, log, every)))
     demo = timed(report.DEMO_STAGE, lambda: run_demo(demo_dir, quick=quick, log=log))
-    demo_finished.set()
     llm = llm_result()
     towers = timed("vision towers from the demo's checkpoints",
                    lambda: llava_runs.tower_names(demo["models"], os.path.join(llava_dir, "towers")))
