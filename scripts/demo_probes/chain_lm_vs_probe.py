@@ -1,7 +1,7 @@
 """Does the chain's LM training (language_model.py) learn what the probe's loop learns?
 
 python scripts/demo_probes/chain_lm_vs_probe.py STEPS OUT_DIR [--distinct] [--eval-every N]
-                                                  [--short-turns N] [--captions]
+                                                  [--short-turns N] [--captions] [--layers N] [--hidden N]
 
 The chain's texts (as language_model.text_conversation) for STEPS x 16 text scenes, trained by
 language_model.train_language_model, evaluated by the probe's Evaluation.
@@ -51,6 +51,8 @@ p.add_argument("--distinct", action="store_true")
 p.add_argument("--eval-every", type=int, default=0)
 p.add_argument("--short-turns", type=int, default=L.TEXT_TURNS["short_turns"])
 p.add_argument("--captions", action="store_true")
+p.add_argument("--layers", type=int, default=2, help="the LM's depth (the chain's: 2)")
+p.add_argument("--hidden", type=int, default=128, help="the LM's width (the chain's: 128)")
 a = p.parse_args()
 draw = distinct_turns if a.distinct else D.dense_turns
 
@@ -66,7 +68,7 @@ torch.set_num_threads(1)
 settings = W.WorldSettings(image_size=48)
 corpus = [P.scene("train", i, settings) for i in range(P.CORPUS_SCENES)]
 tokenizer = tiny.build_tokenizer(a.out, tiny.conversation_corpus(D.pretrain_records(corpus), D.finetune_records(corpus), joined=True), vocab_size=1000)
-tiny.build_llm(a.out, len(tokenizer), 0, hidden_size=128, intermediate_size=256, num_hidden_layers=2)
+tiny.build_llm(a.out, len(tokenizer), 0, hidden_size=a.hidden, intermediate_size=2 * a.hidden, num_hidden_layers=a.layers)
 texts = ([s["caption"] for s in corpus] if a.captions else []) + [text(s) for s in W.text_scenes(settings, a.steps * 16)]
 evaluate = P.Evaluation(AutoTokenizer.from_pretrained(a.out), settings)
 t = time.perf_counter()
