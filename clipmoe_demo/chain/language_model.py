@@ -112,7 +112,7 @@ def train_language_model(model_dir: str, texts: list[str], steps: int, batch: in
     the model back and returns the loss history [{"step", "loss"}]. log: a progress line
     (step/total, loss, ETA) at most every progress_every seconds. The caller's torch thread count
     is kept throughout: a count that changed midway, at a step set by timing, would change the
-    model (on some CPUs the weight gradients' matmuls split their sums by thread).
+    model (some CPUs split a weight gradient's sum over the batch's tokens between threads).
     after_step: called as after_step(step, model) after each update (the probes evaluate the model
     on the way; it must leave the model in training mode)."""
     from .progress import Throttle, progress_line

@@ -74,9 +74,9 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
     # The language model trains in a thread beside the DMU demo: the demo's two worker processes
     # train the seeds, its main process mostly waits for them, and torch's ops release the GIL.
     # One torch thread everywhere (the demo's setting), the LM's whole training included. It
-    # outlasts the demo (stop 30's full run: 993 s against 940 s), but taking the demo's core once
-    # the demo has finished, at a step set by timing, changed the model on some CPUs (the weight
-    # gradients' matmuls split their sums by thread): the same run must give the same model.
+    # outlasts the demo (stop 31's full run: 958 s against 880 s), but taking the demo's core once
+    # the demo has finished, at a step set by timing, changed the model on some CPUs (they split a
+    # weight gradient's sum over the batch's tokens between threads): a run must not depend on timing.
     torch.set_num_threads(1)
     llm_result = in_background(lambda: timed(LM_STAGE, lambda: language_model.build_language_model(
         os.path.join(llava_dir, "llm"), world_dir, paths, plan, log, every)))
