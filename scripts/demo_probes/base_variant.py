@@ -1,7 +1,7 @@
 """Train the demo's dense base at another size or schedule; print zero-shot and linear-probe top-1.
 
 python scripts/demo_probes/base_variant.py --world DEMO/world --out DIR [--epochs 8] [--patch 8] [--hidden 128] [--layers 3]
-                                           [--image-size N]
+                                           [--image-size N] [--shape-twins] [--batches-within colour]
 """
 
 from __future__ import annotations
@@ -86,6 +86,19 @@ def add_shape_twins(world_dir: str, batch: int) -> list[int]:
     return groups
 
 
+def add_tower_arguments(p: argparse.ArgumentParser) -> None:
+    """--patch, --hidden, --layers, --seed: the base's image tower and its seed (the demo's by default)."""
+    p.add_argument("--patch", type=int, default=FULL.patch_size)
+    p.add_argument("--hidden", type=int, default=FULL.hidden_size)
+    p.add_argument("--layers", type=int, default=FULL.num_layers)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def tower_size(a: argparse.Namespace, image_size: int):
+    """The demo base's size with add_tower_arguments' flags applied."""
+    return dataclasses.replace(FULL, image_size=image_size, patch_size=a.patch, hidden_size=a.hidden, num_layers=a.layers)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--world", required=True)
@@ -93,10 +106,7 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=float, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--patch", type=int, default=FULL.patch_size)
-    p.add_argument("--hidden", type=int, default=FULL.hidden_size)
-    p.add_argument("--layers", type=int, default=FULL.num_layers)
-    p.add_argument("--seed", type=int, default=0)
+    add_tower_arguments(p)
     p.add_argument("--image-size", type=int, default=None,
                    help="train and evaluate on the same world drawn at this size (written to OUT/world): "
                         "every object proportionally larger in pixels")
@@ -105,14 +115,15 @@ def main(argv=None) -> None:
     p.add_argument("--batches-within", choices=("none", "colour"), default="none",
                    help="colour: every batch from scenes of one main colour (ground truth), so colour tells no captions apart")
     a = p.parse_args(argv)
+    if a.shape_twins and a.batches_within != "none":
+        p.error("--shape-twins and --batches-within each set the batches; give one of them")
     torch.set_num_threads(1)
     if a.image_size or a.shape_twins:
         redrawn = os.path.join(a.out, "world")
         settings = W.read_settings(a.world)
         W.write_world(redrawn, dataclasses.replace(settings, image_size=a.image_size or settings.image_size))
         a.world = redrawn
-    image_size = W.read_settings(a.world).image_size
-    size = dataclasses.replace(FULL, image_size=image_size, patch_size=a.patch, hidden_size=a.hidden, num_layers=a.layers)
+    size = tower_size(a, W.read_settings(a.world).image_size)
     init = write_base_init(os.path.join(a.out, "init"), size, W.vocabulary(), a.seed)
     start = time.perf_counter()
     groups = add_shape_twins(a.world, a.batch) if a.shape_twins else None

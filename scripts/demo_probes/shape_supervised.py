@@ -11,8 +11,8 @@ zero-shot shape task does.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
+import sys
 import tempfile
 
 import torch
@@ -20,7 +20,10 @@ from PIL import Image
 from transformers import CLIPModel, get_cosine_schedule_with_warmup
 
 from clipmoe_demo import world as W
-from clipmoe_demo.encoder.base import FULL, image_processor, write_base_init
+from clipmoe_demo.encoder.base import image_processor, write_base_init
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # base_variant.py: the same tower, built the same way
+from base_variant import add_tower_arguments, tower_size  # noqa: E402
 
 
 def labelled_images(world_dir: str, split: str, processor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,14 +44,11 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--patch", type=int, default=FULL.patch_size)
-    p.add_argument("--hidden", type=int, default=FULL.hidden_size)
-    p.add_argument("--layers", type=int, default=FULL.num_layers)
-    p.add_argument("--seed", type=int, default=0)
+    add_tower_arguments(p)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     image_size = W.read_settings(a.world).image_size
-    size = dataclasses.replace(FULL, image_size=image_size, patch_size=a.patch, hidden_size=a.hidden, num_layers=a.layers)
+    size = tower_size(a, image_size)
     processor = image_processor(image_size)
     train_x, train_y = labelled_images(a.world, "train", processor)
     test_x, test_y = labelled_images(a.world, "test", processor)
