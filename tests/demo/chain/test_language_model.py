@@ -104,3 +104,17 @@ def test_the_language_model_trains_the_same_bit_for_bit_on_the_callers_one_threa
     assert history == first_history and len(history) == 1
     assert first_weights.keys() == weights.keys()
     assert all(torch.equal(first_weights[k], weights[k]) for k in weights)
+
+
+def test_the_thread_probe_finds_no_difference_between_equal_thread_counts(capsys):
+    """scripts/demo_probes/lm_threads.py (what tells a user whether their CPU's thread count changes
+    the LM): its control, the same count twice, must report every output and gradient equal."""
+    import json
+
+    from .. import probe_script
+
+    probe_script("lm_threads").main(["--threads", "1", "1", "--steps", "1", "--tokens", "16"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["threads"] == [1, 1] and report["logits_equal"] and report["loss_equal"]
+    assert report["weight_gradients_differing"] == [] and report["weight_gradients"] > 10
+    assert set(report["seconds_per_step"]) == {"1"} and report["seconds_per_step"]["1"] > 0
