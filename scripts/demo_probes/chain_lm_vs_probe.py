@@ -1,7 +1,8 @@
 """Does the chain's LM training (language_model.py) learn what the probe's loop learns?
 
 python scripts/demo_probes/chain_lm_vs_probe.py STEPS OUT_DIR [--distinct] [--eval-every N]
-                                                  [--short-turns N] [--captions] [--layers N] [--hidden N]
+                                                  [--short-turns N] [--mc-turns N] [--existence-pairs N]
+                                                  [--captions] [--layers N] [--hidden N]
 
 The chain's texts (as language_model.text_conversation) for STEPS x 16 text scenes, trained by
 language_model.train_language_model, evaluated by the probe's Evaluation.
@@ -50,6 +51,8 @@ p.add_argument("out")
 p.add_argument("--distinct", action="store_true")
 p.add_argument("--eval-every", type=int, default=0)
 p.add_argument("--short-turns", type=int, default=L.TEXT_TURNS["short_turns"])
+p.add_argument("--mc-turns", type=int, default=L.TEXT_TURNS["mc_turns"])
+p.add_argument("--existence-pairs", type=int, default=L.TEXT_TURNS["existence_pairs"])
 p.add_argument("--captions", action="store_true")
 p.add_argument("--layers", type=int, default=2, help="the LM's depth (the chain's: 2)")
 p.add_argument("--hidden", type=int, default=128, help="the LM's width (the chain's: 128)")
@@ -57,7 +60,7 @@ a = p.parse_args()
 draw = distinct_turns if a.distinct else D.dense_turns
 
 
-turns = {**L.TEXT_TURNS, "short_turns": a.short_turns}
+turns = {"existence_pairs": a.existence_pairs, "mc_turns": a.mc_turns, "short_turns": a.short_turns}
 
 
 def text(s):  # language_model.text_conversation(s, 0), with this run's draws

@@ -1,8 +1,10 @@
 """One LLaVA run of a finished chain again, with other plan settings (see README.md here).
 
 python scripts/demo_probes/llava_variant.py --chain DEMO_OUT --out DIR [--tower dense] [--set stage2_lr=1e-3 ...]
+                                           [--llm LM_DIR]
 
-It reuses the chain's world, language model, tower and benchmark files (DEMO_OUT/results.json),
+It reuses the chain's world, language model (or --llm's: a probe's trained LM, e.g.
+chain_lm_vs_probe.py's OUT_DIR), tower and benchmark files (DEMO_OUT/results.json),
 trains stage 1 and 2 through the same DeepSpeed scripts with the chain's plan changed by --set,
 answers and scores the three benchmarks, and prints one JSON line of scores.
 """
@@ -42,6 +44,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--tower", choices=R.RUNS, default="dense")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a LlavaPlan field, e.g. stage2_lr=1e-3")
+    p.add_argument("--llm", help="a trained LM folder (tokenizer + Llama) instead of the chain's DEMO_OUT/llava/llm")
     a = p.parse_args(argv)
     with open(os.path.join(a.chain, "results.json")) as f:
         chain = json.load(f)
@@ -50,9 +53,9 @@ def main(argv=None) -> None:
     world = os.path.join(a.chain, "demo", "world")
     paths = D.write_training_data(world, os.path.join(a.out, "data"), plan.n_train, plan.seed)
     tower = chain["runs"][a.tower]["tower"]
-    run = R.train_run(a.tower, tower, os.path.join(a.chain, "llava", "llm"), paths, world, os.path.join(a.out, a.tower), plan)
+    run = R.train_run(a.tower, tower, a.llm or os.path.join(a.chain, "llava", "llm"), paths, world, os.path.join(a.out, a.tower), plan)
     scores = R.answer_and_score(run["stage2"], chain["benchmarks"], os.path.join(a.out, "eval"), plan, fresh=True)
-    print(json.dumps({"tower": a.tower, "set": a.set, "steps": run["steps"], "pope_accuracy_mean": scores["pope"]["accuracy_mean"],
+    print(json.dumps({"tower": a.tower, "set": a.set, "llm": a.llm, "steps": run["steps"], "pope_accuracy_mean": scores["pope"]["accuracy_mean"],
                       "gqa_accuracy": scores["gqa"]["accuracy"], "mmbench_accuracy": scores["mmbench"]["accuracy"]}))
 
 

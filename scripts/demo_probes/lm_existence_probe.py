@@ -75,15 +75,37 @@ def prompt_ids(tokenizer, caption: str, question: str) -> list[int]:
     return tokenizer(conv.get_prompt())["input_ids"]
 
 
+def short_probe_questions(tests: list[dict]) -> list[tuple[str, str, str, str]]:
+    """(caption, short-answer question, answer, type): every question the scene answers uniquely."""
+    return [(s["caption"], D.short_turn(item)[0], item["answer"], item["type"]) for s in tests for item in D.scene_questions(s)]
+
+
+def answer_log_probs(model, prompt: list[int], answers: list[list[int]]):
+    """The log-probability of each answer's tokens after the prompt ("top left" and "top" share a
+    first token, so the whole answer is scored), all answers in one batch."""
+    width = len(prompt) + max(len(a) for a in answers)
+    ids = torch.zeros(len(answers), width, dtype=torch.long)
+    for i, a in enumerate(answers):
+        ids[i, :len(prompt) + len(a)] = torch.tensor(prompt + a)
+    log_probs = model(ids).logits.log_softmax(-1)
+    return torch.stack([sum(log_probs[i, len(prompt) - 1 + k, token] for k, token in enumerate(a))
+                        for i, a in enumerate(answers)])
+
+
 class Evaluation:
     """The held-out text probes (200 test scenes): existence questions (a third "Yes", so the
-    balanced accuracy) and four-option questions (the right letter among A-D, chance 25)."""
+    balanced accuracy), four-option questions (the right letter among A-D, chance 25) and
+    short-answer questions (the answer's first token ranked above the first tokens of the
+    others of its answer space; chance 11-25 by type)."""
 
     def __init__(self, tokenizer, settings: W.WorldSettings):
         tests = [scene("test", i, settings) for i in range(200)]
         self.answer_ids = {w: tokenizer(f" {w}", add_special_tokens=False)["input_ids"][-1] for w in ("Yes", "No", *D.MC_LETTERS)}
         self.existence = [(prompt_ids(tokenizer, c, q), a) for c, q, a in probe_questions(tests)]
         self.mc = [(prompt_ids(tokenizer, c, q), a) for c, q, a in mc_probe_questions(tests)]
+        spelt = {w: tokenizer(f" {w}", add_special_tokens=False)["input_ids"] for space in D.ANSWER_SPACES.values() for w in space}
+        self.short = [(prompt_ids(tokenizer, c, q), [spelt[w] for w in D.ANSWER_SPACES[t]], D.ANSWER_SPACES[t].index(a))
+                      for c, q, a, t in short_probe_questions(tests)]
 
     @torch.no_grad()
     def __call__(self, model) -> dict:
@@ -97,13 +119,15 @@ class Evaluation:
             said_yes += guess == "Yes"
         letters = [self.answer_ids[letter] for letter in D.MC_LETTERS]
         mc_right = sum(int(model(torch.tensor([ids])).logits[0, -1, letters].argmax()) == answer for ids, answer in self.mc)
+        short_right = sum(int(answer_log_probs(model, ids, space).argmax()) == answer for ids, space, answer in self.short)
         model.train(was_training)
         totals = Counter(answer for _, answer in self.existence)
         per_answer = {f"right_when_{k}": round(100 * right[k] / totals[k], 1) for k in totals}
         # balanced: a third of the probes are "Yes", so always answering "No" scores 66.7 plain accuracy, 50 balanced
         return {"balanced_accuracy": round(sum(per_answer.values()) / len(per_answer), 1),
                 "yes_ratio": round(100 * said_yes / len(self.existence), 1), **per_answer,
-                "multiple_choice_accuracy": round(100 * mc_right / len(self.mc), 1)}
+                "multiple_choice_accuracy": round(100 * mc_right / len(self.mc), 1),
+                "short_answer_accuracy": round(100 * short_right / len(self.short), 1)}
 
 
 def main(argv=None) -> None:
