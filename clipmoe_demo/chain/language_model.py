@@ -27,9 +27,13 @@ DONE_MARKER = "chain_llm_done.json"
 # own four-turn conversations on its 2,400 fixed scenes left the LM at 59.0 balanced existence
 # accuracy and 19.0 four-option accuracy on held-out captions; fresh scenes with two existence
 # pairs and three four-option turns each reached 77.2 and 43.0 after 3,000 steps. Through the
-# chain's own loop (chain_lm_vs_probe.py, 3,000 steps) the same texts with one short-answer turn
-# more and the 2,400 stage-1 captions beside them reached 76.5 / 19.5; without both, 78.3 / 35.0.
-TEXT_TURNS = {"existence_pairs": 2, "mc_turns": 3, "short_turns": 0}
+# chain's own loop (chain_lm_vs_probe.py, 3,000 steps) those texts gave 78.3 / 35.0 (99.1 / 36.5
+# in stop 31's chain) and a short-answer accuracy of 26.4: the LM had never been asked a short
+# question, and named the right letter only for counts (chance for colours and shapes). Two short
+# turns (the answer looked up alone) left four-option at 32.5, a third layer at 33.5; six
+# four-option turns instead of three, the letter lookup asked twice as often, took it to 76.5
+# (balanced 88.3, short answers 69.4) at the cost of texts 1.6 times as long (442 tokens, not 270).
+TEXT_TURNS = {"existence_pairs": 2, "mc_turns": 6, "short_turns": 2}
 
 
 def vicuna_text(turns: list[dict], caption: str) -> str:
@@ -107,12 +111,14 @@ def clipped_step(loss, parameters, optimizer, schedule, max_norm: float = 1.0) -
 
 def train_language_model(model_dir: str, texts: list[str], steps: int, batch: int, lr: float, seed: int,
                          max_length: int = 512, log_every: int = 10, log=None, progress_every: float = 30.0,
-                         after_step=None) -> list[dict]:
+                         after_step=None, threads_from: tuple[int, int] | None = None) -> list[dict]:
     """Causal-LM training of the Llama in model_dir on texts (AdamW, warmup then cosine); saves
     the model back and returns the loss history [{"step", "loss"}]. log: a progress line
-    (step/total, loss, ETA) at most every progress_every seconds. The caller's torch thread count
-    is kept throughout: a count that changed midway, at a step set by timing, would change the
-    model (some CPUs split a weight gradient's sum over the batch's tokens between threads).
+    (step/total, loss, ETA) at most every progress_every seconds. threads_from: (step, n): from
+    that step on, n torch threads (in the calling thread; its count is given back at the end);
+    otherwise the caller's count throughout. The step is fixed, never set by timing: the thread
+    count changes the model on some CPUs (they split a weight gradient's sum over the batch's
+    tokens between threads), so a switch at a step set by timing would make the model depend on it.
     after_step: called as after_step(step, model) after each update (the probes evaluate the model
     on the way; it must leave the model in training mode)."""
     from .progress import Throttle, progress_line
@@ -137,7 +143,12 @@ def train_language_model(model_dir: str, texts: list[str], steps: int, batch: in
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     history, window = [], []
     throttle = Throttle(progress_every)
+    callers_threads = torch.get_num_threads()
     for step, rows in enumerate(_batches(encoded, batch, steps, seed), start=1):
+        if threads_from and step == threads_from[0]:
+            torch.set_num_threads(threads_from[1])  # OpenMP's count is this thread's own
+            if log:
+                log(f"[chain] language model: {threads_from[1]} torch threads from step {step}")
         ids, mask, labels = _collate(rows)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         window.append(clipped_step(loss, model.parameters(), optimizer, schedule))
@@ -148,6 +159,7 @@ def train_language_model(model_dir: str, texts: list[str], steps: int, batch: in
                 log(progress_line("language model", step, steps, history[-1]["loss"], throttle.eta(step, steps)))
         if after_step:
             after_step(step, model)
+    torch.set_num_threads(callers_threads)
     model.save_pretrained(model_dir)
     return history
 
@@ -175,7 +187,7 @@ def build_language_model(out_dir: str, world_dir: str, data_paths: dict, plan, l
     from dataclasses import asdict
 
     marker = os.path.join(out_dir, DONE_MARKER)
-    settings = asdict(plan)
+    settings = {**asdict(plan), "text_turns": TEXT_TURNS}  # a model trained on other texts is not reused
     if os.path.isfile(marker):
         with open(marker) as f:
             done = json.load(f)
@@ -184,8 +196,9 @@ def build_language_model(out_dir: str, world_dir: str, data_paths: dict, plan, l
     start = time.perf_counter()
     build_untrained(out_dir, data_paths, plan)
     texts = training_texts(world_dir, plan.lm_steps * plan.batch, plan.seed)
+    more = (plan.lm_two_threads_from, 2) if plan.lm_two_threads_from else None
     history = train_language_model(out_dir, texts, plan.lm_steps, plan.batch, plan.lm_lr, plan.seed,
-                                   log=log, progress_every=progress_every)
+                                   log=log, progress_every=progress_every, threads_from=more)
     seconds = time.perf_counter() - start
     tmp = marker + ".tmp"
     with open(tmp, "w") as f:

@@ -51,6 +51,10 @@ class LlavaPlan:
     stage2_lr: float = 3e-3
     lm_steps: int = 100  # causal-LM training of the LLM on the world's text, before LLaVA's stage 1
     lm_lr: float = 3e-3
+    # The LM trains on one torch thread beside the DMU demo (whose two workers hold the cores) and
+    # on two from this step on, a fixed step so that the model does not depend on timing (0: one
+    # thread throughout). Half the steps: about when the full demo finishes (see run.py).
+    lm_two_threads_from: int = 0
     max_new_tokens: int = 8  # answers are a word, a letter or yes/no
     eval_batch: int = 16
     seed: int = 0
@@ -62,7 +66,7 @@ class LlavaPlan:
 def make_plan(quick: bool) -> LlavaPlan:
     if quick:
         return LlavaPlan(n_train=192, n_test=20, llm_hidden=64, llm_layers=2, vocab_size=1000, batch=8,
-                         stage1_epochs=1, stage2_epochs=6, eval_batch=32)
+                         stage1_epochs=1, stage2_epochs=6, eval_batch=32, lm_two_threads_from=50)
     # Full: both runs side by side, a stage-2 step (hidden 128, 36 image tokens, batch 16) took
     # 0.4-0.5 s on one of 2 cores; 600 steps per run made the LLaVA part 8 minutes (GQA-style above
     # its majority rate, POPE and MMBench-style at chance), so 1200 steps on twice the scenes.
@@ -82,7 +86,7 @@ def make_plan(quick: bool) -> LlavaPlan:
     # the LM's text lost its short-answer turn and the stage-1 captions (TEXT_TURNS), which took that to 35.0,
     # and the chain to MMBench-style 34.0 / 33.3, POPE-style 77.9 / 73.7, GQA-style 42.7 / 44.4 (an AVX2 machine).
     return LlavaPlan(n_train=2400, n_test=150, llm_hidden=128, llm_layers=2, vocab_size=1000, batch=16,
-                     stage1_epochs=1, stage2_epochs=8, lm_steps=3000, stage2_lr=3e-4)
+                     stage1_epochs=1, stage2_epochs=8, lm_steps=3000, stage2_lr=3e-4, lm_two_threads_from=1500)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -73,10 +73,10 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
 
     # The language model trains in a thread beside the DMU demo: the demo's two worker processes
     # train the seeds, its main process mostly waits for them, and torch's ops release the GIL.
-    # One torch thread everywhere (the demo's setting), the LM's whole training included. It
-    # outlasts the demo (stop 31's full run: 958 s against 880 s), but taking the demo's core once
-    # the demo has finished, at a step set by timing, changed the model on some CPUs (they split a
-    # weight gradient's sum over the batch's tokens between threads): a run must not depend on timing.
+    # One torch thread everywhere (the demo's setting); the LM takes a second one from a fixed step
+    # (plan.lm_two_threads_from, about when the full demo finishes), never at a step set by timing:
+    # some CPUs split a weight gradient's sum over the batch's tokens between threads, so a switch
+    # when the demo happens to finish made the model depend on timing.
     torch.set_num_threads(1)
     llm_result = in_background(lambda: timed(LM_STAGE, lambda: language_model.build_language_model(
         os.path.join(llava_dir, "llm"), world_dir, paths, plan, log, every)))

@@ -38,7 +38,7 @@ def test_texts_are_dense_conversations_about_text_only_scenes(world_dir):
         assert text.startswith("A chat between") and "<image>" not in text and text.endswith("</s>")
         asked = turns(text)
         by_kind = kinds(asked)
-        assert (len(by_kind["existence"]), len(by_kind["choice"]), len(by_kind["short"])) == (4, 3, 0)
+        assert (len(by_kind["existence"]), len(by_kind["choice"]), len(by_kind["short"])) == (4, 6, 2)
         assert sorted(a for _, a in by_kind["existence"]) == ["No", "No", "Yes", "Yes"]
         assert_answered_as_the_scene_says(scene, asked)
     assert texts == L.training_texts(world_dir, n_scenes=30, seed=0)  # seeded
@@ -66,12 +66,12 @@ def test_training_lowers_the_loss_saves_the_model_and_a_rerun_reuses_it(world_di
     assert not changed["reused"] and changed["history"][-1]["step"] == 20
 
 
-def test_the_language_model_trains_the_same_bit_for_bit_on_the_callers_one_thread(world_dir, data_paths, tmp_path):
-    """The chain trains the LM in a thread of its own beside the DMU demo, on one torch thread
-    throughout (a thread count changed midway, at a step set by timing, changed the model on the
-    CI's CPU): two trainings from the same initialisation give the same model bit for bit, and the
-    training never changes the thread count it was given. The full plan's LLM sizes, where torch's
-    ops are large enough to be split between threads."""
+def test_the_language_model_trains_the_same_bit_for_bit_with_its_threads_switched_at_a_fixed_step(world_dir, data_paths, tmp_path):
+    """The chain trains the LM in a thread of its own beside the DMU demo, on one torch thread and on
+    two from a fixed step (a switch at a step set by timing changed the model on the CI's CPU): two
+    trainings from the same initialisation give the same model bit for bit, each ran on one thread,
+    then two from the step, and the calling thread gets its count back. The full plan's LLM sizes,
+    where torch's ops are large enough to be split between threads."""
     import shutil
     import threading
 
@@ -91,16 +91,18 @@ def test_the_language_model_trains_the_same_bit_for_bit_on_the_callers_one_threa
             torch.set_num_threads(1)  # torch's thread count is per thread, as in the chain
             result["history"] = L.train_language_model(
                 out, texts, plan.lm_steps, plan.batch, plan.lm_lr, plan.seed, progress_every=1e9,
-                after_step=lambda step, model: threads.append(torch.get_num_threads()))
+                after_step=lambda step, model: threads.append(torch.get_num_threads()), threads_from=(4, 2))
+            result["threads_after"] = torch.get_num_threads()
 
         thread = threading.Thread(target=run)
         thread.start()
         thread.join()
+        assert result["threads_after"] == 1
         return result["history"], load_file(f"{out}/model.safetensors"), threads
 
     first_history, first_weights, first_threads = train("first")
     history, weights, threads = train("second")
-    assert first_threads == threads == [1] * plan.lm_steps
+    assert first_threads == threads == [1, 1, 1, 2, 2, 2, 2, 2]
     assert history == first_history and len(history) == 1
     assert first_weights.keys() == weights.keys()
     assert all(torch.equal(first_weights[k], weights[k]) for k in weights)
