@@ -109,8 +109,8 @@ def test_a_main_thread_that_does_not_unwind_is_exited_after_the_deadline():
     sleeps stands in for it: the process still exits with 130 and the interrupted line."""
     code = ("import time; from clipmoe_demo.interrupt import process_tree_ends_on_interrupt\n"
             "with process_tree_ends_on_interrupt('stopped: rerun to resume', unwind_seconds=1):\n"
-            "    print('ready', flush=True)\n"
             "    try:\n"
+            "        print('ready', flush=True)\n"  # in the try: a signal right after it is caught too
             "        time.sleep(60)\n"
             "    except KeyboardInterrupt:\n"
             "        time.sleep(HANG)\n").replace("HANG", str(HANG_LIMIT_S * 2))
