@@ -95,8 +95,8 @@ def answer_log_probs(model, prompt: list[int], answers: list[list[int]]):
 class Evaluation:
     """The held-out text probes (200 test scenes): existence questions (a third "Yes", so the
     balanced accuracy), four-option questions (the right letter among A-D, chance 25) and
-    short-answer questions (the answer's first token ranked above the first tokens of the
-    others of its answer space; chance 11-25 by type)."""
+    short-answer questions (right when the answer is the likeliest of its answer space, each
+    scored over all its tokens; chance 11-25 by type)."""
 
     def __init__(self, tokenizer, settings: W.WorldSettings):
         tests = [scene("test", i, settings) for i in range(200)]
