@@ -85,7 +85,7 @@ def make_plan(quick: bool) -> LlavaPlan:
     # MMBench-style stayed at chance (22.7 / 24.0) with an LM at 19.5 four-option accuracy on text;
     # the LM's text lost its short-answer turn and the stage-1 captions (TEXT_TURNS), which took that to 35.0,
     # and the chain to MMBench-style 34.0 / 33.3, POPE-style 77.9 / 73.7, GQA-style 42.7 / 44.4 (an AVX2 machine).
-    # That LM named the right letter only for counts; six four-option turns and two short ones per
+    # That LM did not name the letter of an answer it could find; six four-option turns and two short ones per
     # text took it to 76.5 on text (TEXT_TURNS), and stop 31's chain rerun on it (llava_variant.py
     # --llm) to MMBench-style 49.3 / 49.3, POPE-style 81.9 / 81.9. Its texts are 1.6 times as long, so
     # the LM takes the second core from step 1,500 (lm_two_threads_from), about when the demo ends.

@@ -56,14 +56,14 @@ def probe_questions(tests: list[dict]) -> list[tuple[str, str, str]]:
     return out
 
 
-def mc_probe_questions(tests: list[dict]) -> list[tuple[str, str, int]]:
-    """(caption, four-option question as the chain asks it, index of the right option): one per scene."""
+def mc_probe_questions(tests: list[dict]) -> list[tuple[str, str, int, str]]:
+    """(caption, four-option question as the chain asks it, index of the right option, type): one per scene."""
     out = []
     for s in tests:
         rng = random.Random(f"mc-{s['index']}")
         item = rng.choice(D.scene_questions(s))
         options, answer = D.multiple_choice(item, rng)
-        out.append((s["caption"], D.mc_text(item["question"], options), answer))
+        out.append((s["caption"], D.mc_text(item["question"], options), answer, item["type"]))
     return out
 
 
@@ -102,9 +102,9 @@ class Evaluation:
         tests = [scene("test", i, settings) for i in range(200)]
         self.answer_ids = {w: tokenizer(f" {w}", add_special_tokens=False)["input_ids"][-1] for w in ("Yes", "No", *D.MC_LETTERS)}
         self.existence = [(prompt_ids(tokenizer, c, q), a) for c, q, a in probe_questions(tests)]
-        self.mc = [(prompt_ids(tokenizer, c, q), a) for c, q, a in mc_probe_questions(tests)]
+        self.mc = [(prompt_ids(tokenizer, c, q), a, t) for c, q, a, t in mc_probe_questions(tests)]
         spelt = {w: tokenizer(f" {w}", add_special_tokens=False)["input_ids"] for space in D.ANSWER_SPACES.values() for w in space}
-        self.short = [(prompt_ids(tokenizer, c, q), [spelt[w] for w in D.ANSWER_SPACES[t]], D.ANSWER_SPACES[t].index(a))
+        self.short = [(prompt_ids(tokenizer, c, q), [spelt[w] for w in D.ANSWER_SPACES[t]], D.ANSWER_SPACES[t].index(a), t)
                       for c, q, a, t in short_probe_questions(tests)]
 
     @torch.no_grad()
@@ -118,16 +118,25 @@ class Evaluation:
             right[answer] += guess == answer
             said_yes += guess == "Yes"
         letters = [self.answer_ids[letter] for letter in D.MC_LETTERS]
-        mc_right = sum(int(model(torch.tensor([ids])).logits[0, -1, letters].argmax()) == answer for ids, answer in self.mc)
-        short_right = sum(int(answer_log_probs(model, ids, space).argmax()) == answer for ids, space, answer in self.short)
+        mc_right = [(kind, int(model(torch.tensor([ids])).logits[0, -1, letters].argmax()) == answer) for ids, answer, kind in self.mc]
+        short_right = [(kind, int(answer_log_probs(model, ids, space).argmax()) == answer) for ids, space, answer, kind in self.short]
         model.train(was_training)
         totals = Counter(answer for _, answer in self.existence)
         per_answer = {f"right_when_{k}": round(100 * right[k] / totals[k], 1) for k in totals}
         # balanced: a third of the probes are "Yes", so always answering "No" scores 66.7 plain accuracy, 50 balanced
         return {"balanced_accuracy": round(sum(per_answer.values()) / len(per_answer), 1),
                 "yes_ratio": round(100 * said_yes / len(self.existence), 1), **per_answer,
-                "multiple_choice_accuracy": round(100 * mc_right / len(self.mc), 1),
-                "short_answer_accuracy": round(100 * short_right / len(self.short), 1)}
+                "multiple_choice_accuracy": percent(mc_right), "multiple_choice_by_type": percent_by_type(mc_right),
+                "short_answer_accuracy": percent(short_right), "short_answer_by_type": percent_by_type(short_right)}
+
+
+def percent(outcomes: list[tuple[str, bool]]) -> float:
+    return round(100 * sum(right for _, right in outcomes) / len(outcomes), 1)
+
+
+def percent_by_type(outcomes: list[tuple[str, bool]]) -> dict[str, float]:
+    """Accuracy per question type (colour, shape, count, position): which lookup the LM lacks."""
+    return {kind: percent([o for o in outcomes if o[0] == kind]) for kind in sorted({k for k, _ in outcomes})}
 
 
 def main(argv=None) -> None:

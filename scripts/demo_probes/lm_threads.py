@@ -5,8 +5,9 @@ python scripts/demo_probes/lm_threads.py [--threads 1 2] [--steps 20] [--tokens 
 The full plan's Llama (llava_runs.make_plan(False): hidden size, layers, vocabulary, batch), one
 forward and backward on the same random tokens at each of the two thread counts: are the logits,
 the loss and each weight gradient equal bit for bit? Then the seconds per training step (AdamW) at
-each count. Prints one JSON line. The chain trains its LM on one thread throughout
-(language_model.train_language_model) because on some CPUs the weight gradients differ.
+each count. Prints one JSON line. The chain's LM changes its thread count only at a fixed step
+(LlavaPlan.lm_two_threads_from), never at one set by timing, because on some CPUs the weight
+gradients differ.
 """
 
 from __future__ import annotations

@@ -133,7 +133,8 @@ def test_the_diagnostic_probes_run_on_a_demo_world(quick_demo, tmp_path, capsys)
     probe_script("lm_existence_probe").main(["--evaluate", lm_dir])  # the saved model, as a chain's DIR/llava/llm
     figures = ast.literal_eval(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(figures) == {"balanced_accuracy", "yes_ratio", "right_when_Yes", "right_when_No", "multiple_choice_accuracy",
-                            "short_answer_accuracy"}
+                            "multiple_choice_by_type", "short_answer_accuracy", "short_answer_by_type"}
+    assert set(figures["short_answer_by_type"]) == {"colour", "count", "position", "shape"}
     assert 0 <= figures["short_answer_accuracy"] <= 100
     for start in ([], ["--llm", lm_dir]):  # a random Llama, or a trained one (its hidden size)
         probe_script("llava_feature_probe").main(["--tower", base, "--world", world, "--tokenizer", lm_dir, "--k", "3", *start,
