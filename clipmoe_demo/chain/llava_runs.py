@@ -51,9 +51,9 @@ class LlavaPlan:
     stage2_lr: float = 3e-3
     lm_steps: int = 100  # causal-LM training of the LLM on the world's text, before LLaVA's stage 1
     lm_lr: float = 3e-3
-    # The LM trains on one torch thread beside the DMU demo (whose two workers hold the cores) and
-    # on two from this step on, a fixed step so that the model does not depend on timing (0: one
-    # thread throughout). Half the steps: about when the full demo finishes (see run.py).
+    # The LM trains on one torch thread beside the DMU demo and on two from this step on, a fixed
+    # step so that the model does not depend on timing (0: one thread throughout, the full plan's:
+    # with the demo's workers niced it keeps a core and finishes about when they do, see run.py).
     lm_two_threads_from: int = 0
     max_new_tokens: int = 8  # answers are a word, a letter or yes/no
     eval_batch: int = 16
@@ -87,12 +87,14 @@ def make_plan(quick: bool) -> LlavaPlan:
     # and the chain to MMBench-style 34.0 / 33.3, POPE-style 77.9 / 73.7, GQA-style 42.7 / 44.4 (an AVX2 machine).
     # That LM did not name the letter of an answer it could find; six four-option turns and two short ones per
     # text took it to 76.5 on text (TEXT_TURNS), and stop 31's chain rerun on it (llava_variant.py
-    # --llm) to MMBench-style 49.3 / 49.3, POPE-style 81.9 / 81.9. Its texts are 1.6 times as long, so
-    # the LM takes the second core from step 1,500 (lm_two_threads_from), about when the demo ends.
-    # The full chain on it (stop 32, AVX-512): MMBench-style 46.7 / 50.7, POPE-style 81.5 / 82.2,
-    # GQA-style 41.8 / 41.8, in 35.7 minutes (23.3 before; 4,149 CPU-seconds, over 2 cores' 30 minutes).
+    # --llm) to MMBench-style 49.3 / 49.3, POPE-style 81.9 / 81.9. Its texts are 1.6 times as long;
+    # with the LM on 1 thread, then 2 from step 1,500, the full chain on it (stop 32, AVX-512) gave
+    # MMBench-style 46.7 / 50.7, POPE-style 81.5 / 82.2, GQA-style 41.8 / 41.8, in 35.7 minutes
+    # (4,149 CPU-seconds): the LM shared both cores with the demo's workers and its second thread
+    # added little (0.31 s a step against 0.42 on one). Now the workers yield it a core (run.py's
+    # DEMO_NICE) and it keeps one thread, without the attention mask it never needed (_collate).
     return LlavaPlan(n_train=2400, n_test=150, llm_hidden=128, llm_layers=2, vocab_size=1000, batch=16,
-                     stage1_epochs=1, stage2_epochs=8, lm_steps=3000, stage2_lr=3e-4, lm_two_threads_from=1500)
+                     stage1_epochs=1, stage2_epochs=8, lm_steps=3000, stage2_lr=3e-4)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,9 @@ import time
 
 # seconds between the console's progress lines of the long phases (LM training, LLaVA stages)
 PROGRESS_EVERY_S = {False: 30.0, True: 10.0}
+# added to the DMU demo's worker processes' niceness while the LM trains beside them: the most
+# (19), so that they take only what the LM leaves of the cores
+DEMO_NICE = 19
 LM_STAGE = "language model: tokenizer, Llama, causal-LM training on the world's text (beside the DMU demo)"
 
 
@@ -73,14 +76,17 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
 
     # The language model trains in a thread beside the DMU demo: the demo's two worker processes
     # train the seeds, its main process mostly waits for them, and torch's ops release the GIL.
-    # One torch thread everywhere (the demo's setting); the LM takes a second one from a fixed step
-    # (plan.lm_two_threads_from, about when the full demo finishes), never at a step set by timing:
-    # some CPUs split a weight gradient's sum over the batch's tokens between threads, so a switch
-    # when the demo happens to finish made the model depend on timing.
+    # One torch thread everywhere (the demo's setting). The workers run at a lower priority
+    # (DEMO_NICE), so the LM, the longer of the two, keeps a whole core and the workers share the
+    # other until it is done; at equal priority the three threads shared both cores and the LM,
+    # finishing last, held up the LLaVA runs. The quick LM takes a second thread from a fixed step
+    # (plan.lm_two_threads_from), never at a step set by timing: some CPUs split a weight
+    # gradient's sum over the batch's tokens between threads, so a switch when the demo happens to
+    # finish made the model depend on timing.
     torch.set_num_threads(1)
     llm_result = in_background(lambda: timed(LM_STAGE, lambda: language_model.build_language_model(
         os.path.join(llava_dir, "llm"), world_dir, paths, plan, log, every)))
-    demo = timed(report.DEMO_STAGE, lambda: run_demo(demo_dir, quick=quick, log=log))
+    demo = timed(report.DEMO_STAGE, lambda: run_demo(demo_dir, quick=quick, log=log, nice=DEMO_NICE))
     llm = llm_result()
     towers = timed("vision towers from the demo's checkpoints",
                    lambda: llava_runs.tower_names(demo["models"], os.path.join(llava_dir, "towers")))

@@ -230,8 +230,10 @@ def write_world_first(out_dir: str, quick: bool = False, log=None) -> str:
     return _world_stage(Stages(out_dir, plan, log), plan, out_dir)
 
 
-def run_demo(out_dir: str, quick: bool = False, log=None, seeds=None, workers=None) -> dict:
-    """seeds / workers: the training seeds and worker processes instead of the plan's."""
+def run_demo(out_dir: str, quick: bool = False, log=None, seeds=None, workers=None, nice: int = 0) -> dict:
+    """seeds / workers: the training seeds and worker processes instead of the plan's. nice: added
+    to the worker processes' niceness (the chain's LM thread keeps its core beside them); like the
+    workers' number, it changes when a stage finishes, never what it computes."""
     import torch
 
     log = log or say
@@ -253,7 +255,7 @@ def run_demo(out_dir: str, quick: bool = False, log=None, seeds=None, workers=No
 
     _world_stage(stages, plan, out_dir)
     eval_set = evaluation_set(world_dir)
-    results_by_seed, checkpoints = run_jobs(stages, training_jobs(plan), plan, out_dir)
+    results_by_seed, checkpoints = run_jobs(stages, training_jobs(plan), plan, out_dir, nice)
     seed0 = f"seed{plan.seeds[0]}"
     models = checkpoints[seed0]  # the checkpoints the mechanism, cost and LLaVA chain use
 
@@ -314,13 +316,14 @@ def training_jobs(plan: DemoPlan) -> dict[str, tuple[str, int, list[str]]]:
     return {f"seed{seed}/{kind}": (kind, seed, [f"seed{seed}/{n}" for n in needs[kind]]) for seed in plan.seeds for kind in needs}
 
 
-def _init_worker(threads: int, parent_pid: int):
+def _init_worker(threads: int, parent_pid: int, nice: int = 0):
     import torch
 
     from ..interrupt import die_with_parent
 
     die_with_parent(parent_pid)
     torch.set_num_threads(threads)
+    os.nice(nice)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
@@ -358,10 +361,10 @@ def run_job(kind: str, seed: int, plan: DemoPlan, out_dir: str):
     return result, time.perf_counter() - start
 
 
-def run_jobs(stages: Stages, jobs: dict, plan: DemoPlan, out_dir: str) -> tuple[dict, dict]:
+def run_jobs(stages: Stages, jobs: dict, plan: DemoPlan, out_dir: str, nice: int = 0) -> tuple[dict, dict]:
     """Runs every job not finished before, plan.workers at a time (a job once the jobs it needs are
-    done), recording each in stages.json as it finishes. Returns ({seed<s>: {model: metrics}},
-    {seed<s>: {model: checkpoint}})."""
+    done), recording each in stages.json as it finishes; nice: added to the workers' niceness.
+    Returns ({seed<s>: {model: metrics}}, {seed<s>: {model: checkpoint}})."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -373,7 +376,7 @@ def run_jobs(stages: Stages, jobs: dict, plan: DemoPlan, out_dir: str) -> tuple[
     if todo:
         # spawn, not fork: a forked child of a process that already ran torch can hang in OpenMP
         with ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(plan.threads, os.getpid())) as pool:
+                                 initargs=(plan.threads, os.getpid(), nice)) as pool:
             running = {}
             while todo or running:
                 for name in [n for n in todo if all(d in done for d in jobs[n][2])][:max(1, workers) - len(running)]:
