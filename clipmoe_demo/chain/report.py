@@ -20,6 +20,11 @@ DEMO_STAGE = "DMU demo (wall clock of run_demo; its stages above)"
 # ---------------------------------------------------------------------------------------------
 # scores
 
+def script_flags(flags: list[str]) -> str:
+    """A stage's extra trainer flags as the report shows them (DeepSpeed configs by file name)."""
+    return " ".join(os.path.basename(f) if f.endswith(".json") else f for f in flags)
+
+
 def chance_levels(benchmarks: dict) -> dict:
     """What guessing scores on each benchmark (percent). POPE: each image has as many "no" as
     "yes" questions, so a coin (or always "yes") gets 50 accuracy. GQA-style: a uniform guess
@@ -209,9 +214,11 @@ def markdown(out_dir: str, summary: dict) -> str:
     first = runs[next(iter(runs))]
     lm_rows = summary["language_model"]["history"]
     lm_loss = f"{lm_rows[0]['loss']:.3f} → {lm_rows[-1]['loss']:.3f}" if lm_rows else "–"
-    md += [(f"Stage 1 (projector, `scripts/llava/pretrain.sh`, DeepSpeed ZeRO-2): {first['steps']['stage1']} steps; "
-            f"stage 2 (projector + LLM, `scripts/llava/finetune.sh`, ZeRO-3): {first['steps']['stage2']} steps; batch "
-            f"{plan['batch']}; tower frozen in both. LLM: Llama, hidden {plan['llm_hidden']}, {plan['llm_layers']} layers, "
+    md += [(f"Stage 1 (projector, `scripts/llava/pretrain.sh {script_flags(first['flags']['stage1'])}`, DeepSpeed ZeRO-2): "
+            f"{first['steps']['stage1']} steps; stage 2 (projector + LLM, `scripts/llava/finetune.sh "
+            f"{script_flags(first['flags']['stage2'])}`): {first['steps']['stage2']} steps; batch "
+            f"{plan['batch']}; tower frozen in both. On one CPU rank gradient checkpointing saves no memory and "
+            "ZeRO-3 (finetune.sh's own) has nothing to partition; both only cost time. LLM: Llama, hidden {plan['llm_hidden']}, {plan['llm_layers']} layers, "
             f"sentencepiece BPE trained on the conversations, then {plan['lm_steps']} steps of causal-LM training on the "
             f"world's text ({plan['lm_steps'] * plan['batch']} conversations about text-only scenes, each with "
             f"existence, four-option and short-answer questions, the caption where the image goes; loss {lm_loss}), "

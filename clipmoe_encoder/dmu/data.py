@@ -241,17 +241,28 @@ class ImageTextDataset(torch.utils.data.Dataset):
 
     Each item is a dict of pixel_values, input_ids, attention_mask and `valid` (False only for an
     undecodable image under skip_bad; such rows are masked out of the loss and the features).
+    cache: keep each item after its first read, so that a small dataset trained for several epochs
+    (or stages) decodes and preprocesses each image once; it holds all of the dataset's pixels in
+    memory. Each process has its own cache (data-loader workers fill theirs and drop it).
     """
 
-    def __init__(self, records, image_processor, tokenizer, max_length: int, skip_bad: bool = False):
+    def __init__(self, records, image_processor, tokenizer, max_length: int, skip_bad: bool = False, cache: bool = False):
         self.records, self.processor, self.tokenizer = records, image_processor, tokenizer
         self.max_length, self.skip_bad = max_length, skip_bad
         self._blank = None
+        self._cache = {} if cache else None
 
     def __len__(self):
         return len(self.records)
 
     def __getitem__(self, i):
+        if self._cache is None:
+            return self._read(i)
+        if i not in self._cache:
+            self._cache[i] = self._read(i)
+        return self._cache[i]
+
+    def _read(self, i):
         record = self.records[i]
         tokens = self.tokenizer(record.caption, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt")
         valid = True

@@ -91,7 +91,7 @@ def _prepare(base_dir, data_path, out_dir, settings, image_root, extra, restart=
     runfolder.claim(out_dir, current, restart, overwrite)
     base = load_model(base_dir)
     set_frozen_logit_scale(base, settings.logit_scale)
-    dataset = ImageTextDataset(records, processor, tokenizer, text_length(base), settings.skip_bad)
+    dataset = ImageTextDataset(records, processor, tokenizer, text_length(base), settings.skip_bad, settings.cache_samples)
     return accelerator, out_dir, base, tokenizer, processor, dataset, data_report
 
 

@@ -56,6 +56,8 @@ class DMUSettings:
     log_every: int = _knob(10, "per-layer routing load and entropy in the stage logs at step 1 and every N steps")
     seed: int = _knob(0, "seed of clustering, batch order and router initialisation")
     num_workers: int = _knob(0, "data-loader worker processes per GPU")
+    cache_samples: bool = _knob(False, "keep every sample decoded and preprocessed in memory after its first read, so that "
+                                "later epochs and stages skip the image decoding (small datasets; with --num-workers 0)")
     grad_checkpointing: bool = _knob(False, "recompute activations in the backward pass (less activation memory, more compute)")
     mixed_precision: str = _knob("auto", "auto = bf16 on CUDA, none on CPU", ("auto", "no", "bf16", "fp16"))
     skip_bad: bool = _knob(False, "skip records whose image is missing or unreadable (counted in the log) instead of stopping")
@@ -110,7 +112,7 @@ class DMUSettings:
 
 
 # Settings that do not change the result: a rerun may change them freely.
-RESULT_NEUTRAL_SETTINGS = {"save_every", "log_every", "num_workers", "feature_batch_size", "routing_stats_samples"}
+RESULT_NEUTRAL_SETTINGS = {"save_every", "log_every", "num_workers", "cache_samples", "feature_batch_size", "routing_stats_samples"}
 
 
 TRAINABLE_CHOICES = ("all", "ffn", "router", "router+experts")
@@ -141,6 +143,8 @@ class StageSpec:
     log_every: int = _knob(10, "per-layer routing load and entropy in the log at step 1 and every N steps")
     seed: int = _knob(0, "seed of the batch order")
     num_workers: int = _knob(0, "data-loader worker processes per GPU")
+    cache_samples: bool = _knob(False, "keep every sample decoded and preprocessed in memory after its first read, so that "
+                                "later epochs and stages skip the image decoding (small datasets; with --num-workers 0)")
     grad_checkpointing: bool = _knob(False, "recompute activations in the backward pass (less activation memory, more compute)")
     small_clusters: str = _knob("drop", "cluster batches (MCL): drop the leftovers of clusters or merge them into mixed batches",
                                 ("drop", "merge"))

@@ -334,7 +334,7 @@ def train_contrastive(model_dir_or_model, data_path, out_dir, spec: StageSpec | 
     records, _ = load_records(data_path, image_root, skip_bad=spec.skip_bad)
     if batch_groups is not None and len(batch_groups) != len(records):
         raise CLIPMoEError(f"{data_path}: batch_groups has {len(batch_groups)} entries for {len(records)} records")
-    dataset = ImageTextDataset(records, image_processor, tokenizer, text_length(model), spec.skip_bad)
+    dataset = ImageTextDataset(records, image_processor, tokenizer, text_length(model), spec.skip_bad, spec.cache_samples)
     accelerator = make_accelerator(mixed_precision)
     torch.manual_seed(spec.seed)
     summary = train_stage(accelerator, model, dataset, spec, stage_dir,

@@ -95,6 +95,26 @@ def test_corrupt_image_is_found_lazily(tmp_path, base):
     assert bool(ImageTextDataset(records, proc, tok, 16, skip_bad=True)[0]["valid"])
 
 
+def test_a_cached_dataset_decodes_each_image_once_and_gives_the_same_items(tmp_path, base, monkeypatch):
+    """cache=True (--cache-samples): the items of a dataset without cache, each image decoded on
+    its first read only, across epochs."""
+    import clipmoe_encoder.dmu.data as data
+
+    pairs = make_pairs(str(tmp_path), 4)
+    records, _ = load_records(write_sharegpt(str(tmp_path), pairs))
+    tok, proc = load_preprocessors(base)
+    decoded = []
+    real_decode = data.decode_rgb
+    monkeypatch.setattr(data, "decode_rgb", lambda path: decoded.append(path) or real_decode(path))
+    plain, cached = ImageTextDataset(records, proc, tok, 16), ImageTextDataset(records, proc, tok, 16, cache=True)
+    for _ in range(3):  # epochs
+        for i in range(len(records)):
+            a, b = plain[i], cached[i]
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len(decoded) == 3 * len(records) + len(records)  # the plain dataset every epoch, the cached one once
+    assert sorted(set(decoded)) == sorted(r.image for r in records)
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
 def test_grayscale_rgba_palette_become_rgb(tmp_path, base, mode):
     path = make_image(str(tmp_path / "x.png"), "green", "square", mode=mode)

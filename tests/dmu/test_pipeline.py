@@ -98,6 +98,9 @@ def test_rerun_resumes_nothing_to_do_and_refuses_changed_settings(run, capsys):
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     assert main(["dmu", "run", "--base", base, "--data", data, "--out", out, *FLAGS, "--lr-router", "1e-2"]) == 2
     assert "field 'lr_router'" in capsys.readouterr().err
+    # keeping the samples in memory changes no result: a rerun may turn it on
+    assert main(["dmu", "run", "--base", base, "--data", data, "--out", out, *FLAGS, "--cache-samples"]) == 0
+    assert _text(os.path.join(out, "router", "log.jsonl")) == before
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 the DeepSpeed scripts, the three benchmarks, the report. Its times go into the report, never into
 an assertion (they depend on the machine and its load)."""
 
+import ast
 import json
 import math
 import os
@@ -81,7 +82,13 @@ def test_both_runs_trained_with_finite_losses_and_the_same_budget(chain):
         assert sum(stage2[-10:]) / 10 < sum(stage2[:10]) / 10  # the LLM learned something
         with open(os.path.join(os.path.dirname(runs[run]["stage2"]), "stage2.log")) as f:
             log = f.read()
-        assert "tokenization mismatch" not in log and "zero3.json" in log
+        assert "tokenization mismatch" not in log
+        # the script's own --deepspeed zero3.json and --gradient_checkpointing True, then the chain's
+        # one-rank flags, which the trainer's argument parser takes (the last value of a flag wins)
+        spawned = ast.literal_eval(re.search(r"spawned with command: (\[.*\])", log).group(1))
+        last_value = {flag: spawned[len(spawned) - spawned[::-1].index(flag)] for flag in ("--deepspeed", "--gradient_checkpointing")}
+        assert "zero3.json" in " ".join(spawned)
+        assert os.path.basename(last_value["--deepspeed"]) == "zero2.json" and last_value["--gradient_checkpointing"] == "False"
         # what the console's progress line reads from the stage log: the last step and loss
         state = parse_trainer_output(log)
         assert state["step"] == state["total"] == runs[run]["steps"]["stage2"]
@@ -147,6 +154,21 @@ def test_a_llava_run_reruns_with_other_settings_on_the_chain_outputs(chain, tmp_
     with pytest.raises(SystemExit, match="n_train takes an integer"):
         probe_script("llava_variant").main(["--chain", out, "--out", str(tmp_path / "bad"), "--set", "n_train=1.5"])
     assert not os.path.exists(tmp_path / "bad")  # refused before anything was written
+
+
+def test_stage_two_is_timed_with_other_trainer_flags(chain, tmp_path, capsys):
+    """scripts/demo_probes/llava_stage_speed.py (how the chain's one-rank flags were chosen): a few
+    stage-2 steps of a chain's run, here with finetune.sh as published, timed by the trainer."""
+    from llava_integration import launch_dir
+
+    out = chain[0]
+    published = ["--deepspeed", os.path.join(launch_dir(), "zero3.json"), "--gradient_checkpointing", "True"]
+    probe_script("llava_stage_speed").main(["--chain", out, "--out", str(tmp_path / "speed"), "--steps", "2", *published])
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["flags"] == published and line["steps"] == 2 and line["tower"] == "dense"
+    assert line["steps_per_second"] > 0 and math.isfinite(line["last_loss"]) and line["last_loss"] > 0
+    with open(tmp_path / "speed" / "stage2.log") as f:
+        assert "'train_runtime'" in f.read()
 
 
 def test_a_folder_of_another_mode_is_refused_before_anything_is_written(chain):

@@ -120,3 +120,24 @@ def test_the_thread_probe_finds_no_difference_between_equal_thread_counts(capsys
     assert report["threads"] == [1, 1] and report["logits_equal"] and report["loss_equal"]
     assert report["weight_gradients_differing"] == [] and report["weight_gradients"] > 10
     assert set(report["seconds_per_step"]) == {"1"}  # timed at the count asked (the time itself is not checked)
+
+
+def test_right_padded_batches_need_no_attention_mask():
+    """The LM trains on right-padded batches without an attention mask (_collate): the batch's loss
+    must be that of each row alone, weighted by the tokens it predicts (an independent reference:
+    no padding at all), and padding must never be a label."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64))
+    rows = [torch.randint(3, 50, (n,)).tolist() for n in (17, 9, 4)]
+    ids, labels = L._collate(rows)
+    assert ids.shape == labels.shape == (3, 17)
+    assert (labels[1, 9:] == -100).all() and (labels[2, 4:] == -100).all() and torch.equal(labels[0], ids[0])
+    with torch.no_grad():
+        batch_loss = model(input_ids=ids, labels=labels).loss
+        alone = [model(input_ids=torch.tensor([r]), labels=torch.tensor([r])).loss for r in rows]
+    predicted = [len(r) - 1 for r in rows]  # a row's first token is not predicted
+    expected = sum(loss * n for loss, n in zip(alone, predicted)) / sum(predicted)
+    torch.testing.assert_close(batch_loss, expected)

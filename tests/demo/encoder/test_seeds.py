@@ -51,6 +51,20 @@ def test_training_jobs_order_and_needs():
             assert jobs[f"seed{seed}/eval-{model}"][2] == [f"seed{seed}/{TRAINED_BY[model]}"]
 
 
+def test_workers_start_at_the_niceness_asked():
+    """run_demo(nice=...) (the chain's, so that its LM keeps a core): each worker process adds it to
+    its niceness, read back inside the worker."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from clipmoe_demo.encoder.run import _init_worker
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(1, os.getpid(), 3)) as pool:
+        assert pool.submit(os.nice, 0).result() == min(19, os.nice(0) + 3)
+
+
 def test_ordering_table_row_from_the_comparisons():
     from clipmoe_demo.encoder.mechanism_report import ordering_markdown
     from clipmoe_demo.encoder.run import comparisons
