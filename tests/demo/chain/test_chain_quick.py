@@ -45,7 +45,11 @@ def test_finishes_and_every_phase_has_a_row_in_the_time_table(chain):
 
 
 def test_report_has_both_llava_runs_with_chance_levels(chain):
-    out, _, _, report = chain
+    out, _, results, report = chain
+    plan = results["plan"]
+    # the settings line names the trainer flags and the LLM's sizes (rendered, not left as a template)
+    assert "`scripts/llava/finetune.sh --gradient_checkpointing False --deepspeed zero2.json`" in report
+    assert f"LLM: Llama, hidden {plan['llm_hidden']}, {plan['llm_layers']} layers," in report
     table = [line for line in report.splitlines() if line.startswith("| ")]
     header = next(line for line in table if line.startswith("| benchmark"))
     assert "| chance |" in header and all(label in header for label in RUN_ROWS)
