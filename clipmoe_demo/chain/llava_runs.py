@@ -90,9 +90,12 @@ def make_plan(quick: bool) -> LlavaPlan:
     # --llm) to MMBench-style 49.3 / 49.3, POPE-style 81.9 / 81.9. Its texts are 1.6 times as long;
     # with the LM on 1 thread, then 2 from step 1,500, the full chain on it (stop 32, AVX-512) gave
     # MMBench-style 46.7 / 50.7, POPE-style 81.5 / 82.2, GQA-style 41.8 / 41.8, in 35.7 minutes
-    # (4,149 CPU-seconds): the LM shared both cores with the demo's workers and its second thread
-    # added little (0.31 s a step against 0.42 on one). Now the workers yield it a core (run.py's
-    # DEMO_NICE) and it keeps one thread, without the attention mask it never needed (_collate).
+    # (4,149 CPU-seconds): the LM shared both cores with the demo's workers and finished last. Now the
+    # workers yield it a core (run.py's DEMO_NICE) and it keeps one thread, without the attention mask it
+    # never needed (_collate); both LLaVA stages run under ZeRO-2 without gradient checkpointing
+    # (ONE_RANK_FLAGS), the demo decodes each image once (cache_samples), and 2,700 LM and 1,050
+    # stage-2 steps: 30.7 minutes (3,630 CPU-seconds; LM and demo both 1,420 s, LLaVA 408 s) with
+    # MMBench-style 48.7 / 50.0, POPE-style 82.1 / 82.1, GQA-style 41.8 / 43.1 (stop 33, AVX-512).
     return LlavaPlan(n_train=2400, n_test=150, llm_hidden=128, llm_layers=2, vocab_size=1000, batch=16,
                      stage1_epochs=1, stage2_epochs=7, lm_steps=2700, stage2_lr=3e-4)
 
@@ -217,9 +220,9 @@ def _stage(name: str, out_dir: str, env_overrides: dict, extra: list[str], log_p
 # scripts' published setting, for GPU memory) only recomputes the LLM's forward, and ZeRO-3
 # (finetune.sh's) only partitions parameters over that one rank and gathers them back around every
 # module: stage 2 runs under pretrain.sh's ZeRO-2 config instead, which keeps the whole model on the
-# rank as well. Same losses to the third decimal, about 30 % less time per stage-2 step
-# (scripts/demo_probes/llava_stage_speed.py, README there); ZeRO-3 stays tested on its own
-# (tests/llava).
+# rank as well. 80 stage-2 steps of a full chain: 18.7 s against 26.1 with the scripts' flags, the
+# same last loss (scripts/demo_probes/llava_stage_speed.py, README there); ZeRO-3 stays tested on
+# its own (tests/llava).
 ONE_RANK_FLAGS = ["--gradient_checkpointing", "False"]
 
 

@@ -77,9 +77,9 @@ def run_chain(out_dir: str, quick: bool = False, log=print) -> dict:
     # The language model trains in a thread beside the DMU demo: the demo's two worker processes
     # train the seeds, its main process mostly waits for them, and torch's ops release the GIL.
     # One torch thread everywhere (the demo's setting). The workers run at a lower priority
-    # (DEMO_NICE), so the LM, the longer of the two, keeps a whole core and the workers share the
-    # other until it is done; at equal priority the three threads shared both cores and the LM,
-    # finishing last, held up the LLaVA runs. The quick LM takes a second thread from a fixed step
+    # (DEMO_NICE), so that the LM keeps a whole core and the workers share the other until it is
+    # done; at equal priority the three threads shared both cores and the LM, finishing last, held
+    # up the LLaVA runs. The quick LM takes a second thread from a fixed step
     # (plan.lm_two_threads_from), never at a step set by timing: some CPUs split a weight
     # gradient's sum over the batch's tokens between threads, so a switch when the demo happens to
     # finish made the model depend on timing.

@@ -51,8 +51,7 @@ class DemoPlan:
 
 def make_plan(quick: bool) -> DemoPlan:
     # cache_samples: the world's images are decoded and preprocessed once per job, not once per
-    # epoch and stage (all 3,500 full-mode images take about 100 MB as pixels; about a tenth of a
-    # base training step went to decoding and preprocessing them).
+    # epoch and stage (all 3,500 full-mode images take about 100 MB as pixels); the same items.
     # The base is trained from scratch, so it learns its own temperature (logit_scale=None); the
     # later stages keep using (and training) it rather than jumping to the paper's frozen 100.
     if quick:
