@@ -170,7 +170,7 @@ def test_stage_two_is_timed_with_other_trainer_flags(chain, tmp_path, capsys):
     probe_script("llava_stage_speed").main(["--chain", out, "--out", str(tmp_path / "speed"), "--steps", "2", *published])
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["flags"] == published and line["steps"] == 2 and line["tower"] == "dense"
-    assert line["steps_per_second"] > 0 and math.isfinite(line["last_loss"]) and line["last_loss"] > 0
+    assert math.isfinite(line["last_loss"]) and line["last_loss"] > 0
     with open(tmp_path / "speed" / "stage2.log") as f:
         assert "'train_runtime'" in f.read()
 

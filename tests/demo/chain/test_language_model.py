@@ -119,7 +119,6 @@ def test_the_thread_probe_finds_no_difference_between_equal_thread_counts(capsys
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["threads"] == [1, 1] and report["logits_equal"] and report["loss_equal"]
     assert report["weight_gradients_differing"] == [] and report["weight_gradients"] > 10
-    assert set(report["seconds_per_step"]) == {"1"}  # timed at the count asked (the time itself is not checked)
 
 
 def test_right_padded_batches_need_no_attention_mask():
