@@ -164,7 +164,9 @@ def _run_logged(cmd: list[str], env: dict, log_path: str, what: str) -> None:
     with open(log_path, "w") as log:
         log.write("$ " + shlex.join(cmd) + "\n")
         log.flush()
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+        # Through tied_child: killed outright, this process leaves no launcher or trainer running.
+        tied = [sys.executable, "-m", "clipmoe_demo.tied_child", str(os.getpid()), *cmd]
+        proc = subprocess.run(tied, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0:
         with open(log_path) as f:
             tail = f.read()[-3000:]
@@ -235,6 +237,24 @@ def stage_flags(stage: str) -> list[str]:
     return ONE_RANK_FLAGS + ["--deepspeed", os.path.join(launch_dir(), "zero2.json")]
 
 
+STAGE_SCRIPTS = {"stage1": "pretrain.sh", "stage2": "finetune.sh"}
+
+
+def stage_launch(stage: str, plan: LlavaPlan, tower: str, llm_dir: str, data_path: str, image_folder: str,
+                 run_dir: str, output_dir: str, steps: int, stage1_dir: str | None = None,
+                 flags: list[str] | None = None) -> tuple[str, dict, list[str]]:
+    """(script, environment overrides, trainer arguments) of one stage in the scripts' tiny mode,
+    as the chain runs it: run_dir is the tiny root, stage1_dir the projector stage 2 starts from.
+    flags: the trainer flags after the plan's learning rate and seed (default: stage_flags)."""
+    env = {"TINY_ROOT": run_dir, "TINY_MODEL": llm_dir, "TINY_IMAGE_FOLDER": image_folder, "TINY_BATCH": str(plan.batch),
+           "VISION_TOWER": tower, "TINY_DATA_PATH": data_path, "TINY_OUTPUT_DIR": output_dir, "TINY_STEPS": str(steps)}
+    if stage == "stage2":
+        env["PRETRAIN_DIR_TINY"] = stage1_dir
+    lr = plan.stage1_lr if stage == "stage1" else plan.stage2_lr
+    args = ["--learning_rate", str(lr), "--seed", str(plan.seed), *(stage_flags(stage) if flags is None else flags)]
+    return STAGE_SCRIPTS[stage], env, args
+
+
 def train_run(name: str, tower: str, llm_dir: str, data_paths: dict, image_folder: str, run_dir: str,
               plan: LlavaPlan, current: dict | None = None) -> dict:
     """Stage 1 (projector) then stage 2 (projector + LLM), tower frozen in both, both under ZeRO-2
@@ -251,26 +271,20 @@ def train_run(name: str, tower: str, llm_dir: str, data_paths: dict, image_folde
     os.makedirs(run_dir, exist_ok=True)
     stage1 = os.path.join(run_dir, "stage1")
     stage2 = os.path.join(run_dir, "llava-stage2")  # LLaVA's loader wants "llava" in the name
-    common = {"TINY_ROOT": run_dir, "TINY_MODEL": llm_dir, "TINY_IMAGE_FOLDER": image_folder,
-              "TINY_BATCH": str(plan.batch), "VISION_TOWER": tower}
     inputs = input_digests(llm_dir, tower.removeprefix("clipmoe:"), data_paths["pretrain"], data_paths["finetune"])
     steps1 = plan.steps(_n_records(data_paths["pretrain"]), plan.stage1_epochs)
     steps2 = plan.steps(_n_records(data_paths["finetune"]), plan.stage2_epochs)
     seconds, reused = {}, {}
-    seconds["stage1"], reused["stage1"] = _stage(
-        "pretrain.sh", stage1, dict(common, TINY_DATA_PATH=data_paths["pretrain"], TINY_OUTPUT_DIR=stage1,
-                                    TINY_STEPS=str(steps1)),
-        ["--learning_rate", str(plan.stage1_lr), "--seed", str(plan.seed), *stage_flags("stage1")],
-        os.path.join(run_dir, "stage1.log"), plan,
-        following("stage 1"), inputs)
+    script, env, args = stage_launch("stage1", plan, tower, llm_dir, data_paths["pretrain"], image_folder, run_dir,
+                                     stage1, steps1)
+    seconds["stage1"], reused["stage1"] = _stage(script, stage1, env, args, os.path.join(run_dir, "stage1.log"), plan,
+                                                 following("stage 1"), inputs)
     if not reused["stage1"]:  # a new projector: stage 2 must start from it
         shutil.rmtree(stage2, ignore_errors=True)
-    seconds["stage2"], reused["stage2"] = _stage(
-        "finetune.sh", stage2, dict(common, TINY_DATA_PATH=data_paths["finetune"], TINY_OUTPUT_DIR=stage2,
-                                    PRETRAIN_DIR_TINY=stage1, TINY_STEPS=str(steps2)),
-        ["--learning_rate", str(plan.stage2_lr), "--seed", str(plan.seed), *stage_flags("stage2")],
-        os.path.join(run_dir, "stage2.log"), plan,
-        following("stage 2"), inputs)
+    script, env, args = stage_launch("stage2", plan, tower, llm_dir, data_paths["finetune"], image_folder, run_dir,
+                                     stage2, steps2, stage1_dir=stage1)
+    seconds["stage2"], reused["stage2"] = _stage(script, stage2, env, args, os.path.join(run_dir, "stage2.log"), plan,
+                                                 following("stage 2"), inputs)
     current.pop(f"llava-{name}", None)
     return {"name": name, "tower": tower, "stage1": stage1, "stage2": stage2, "steps": {"stage1": steps1, "stage2": steps2},
             "flags": {stage: stage_flags(stage) for stage in ("stage1", "stage2")}, "seconds": seconds, "reused": reused}

@@ -39,11 +39,10 @@ def main(argv=None) -> None:
     out = os.path.join(os.path.abspath(a.out), "llava-stage2")  # LLaVA's loader wants "llava" in the name
     os.makedirs(a.out, exist_ok=True)
     log_path = os.path.join(a.out, "stage2.log")
-    R._script("finetune.sh", {"TINY_ROOT": os.path.abspath(a.out), "TINY_MODEL": os.path.join(llava, "llm"),
-                              "TINY_IMAGE_FOLDER": chain["benchmarks"]["image_folder"], "TINY_BATCH": str(plan.batch),
-                              "VISION_TOWER": run["tower"], "TINY_DATA_PATH": os.path.join(llava, "data", "finetune.json"),
-                              "TINY_OUTPUT_DIR": out, "PRETRAIN_DIR_TINY": run["stage1"], "TINY_STEPS": str(a.steps)},
-              ["--learning_rate", str(plan.stage2_lr), "--seed", str(plan.seed), *flags], log_path)
+    script, env, args = R.stage_launch("stage2", plan, run["tower"], os.path.join(llava, "llm"),
+                                       os.path.join(llava, "data", "finetune.json"), chain["benchmarks"]["image_folder"],
+                                       os.path.abspath(a.out), out, a.steps, stage1_dir=run["stage1"], flags=flags)
+    R._script(script, env, args, log_path)
     with open(log_path) as f:
         log = f.read()
     summary = ast.literal_eval(_SUMMARY.findall(log)[-1])

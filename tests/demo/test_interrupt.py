@@ -1,6 +1,7 @@
 """Stopping the demo stops its worker processes too: a signal to its main process alone (`kill
 PID`, a scheduler's SIGTERM, a SIGINT not from a terminal) or the main process killed outright.
-Real runs of `clipmoe-demo encoder --quick`, stopped once its pool workers are training."""
+Real runs of `clipmoe-demo encoder --quick`, stopped once its pool workers are training, and the real
+DeepSpeed launcher started as the chain starts a LLaVA stage."""
 
 import contextlib
 import json
@@ -123,3 +124,40 @@ def test_a_main_thread_that_does_not_unwind_is_exited_after_the_deadline():
         exit_code = None
         proc.kill()
     assert exit_code == 130 and proc.stderr.read().strip() == "stopped: rerun to resume"
+
+
+def test_a_launched_stage_and_its_children_die_with_the_main_process_killed_outright(tmp_path):
+    """The chain launches each LLaVA stage from a thread (llava_runs._run_logged) as bash -> DeepSpeed
+    launcher -> rank process. Killed outright, the chain's main process used to leave that tree
+    training as orphans. Here the real launcher, on CPU, starts a rank that only sleeps."""
+    (tmp_path / "rank.py").write_text("import time\ntime.sleep(300)\n")
+    deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    chain = f"""
+import os, sys, threading, time
+from clipmoe_demo.chain.llava_runs import _free_port, _run_logged, child_env
+launch = {deepspeed!r} + " --num_gpus 1 --master_port " + str(_free_port()) + " " + {str(tmp_path / "rank.py")!r}
+env = child_env(dict(DS_ACCELERATOR="cpu"))
+threading.Thread(target=_run_logged, args=(["bash", "-c", launch], env, {str(tmp_path / "stage.log")!r}, "stage"), daemon=True).start()
+time.sleep(300)
+"""
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-c", chain], env=env)
+    for _ in range(HANG_LIMIT_S * 10):  # until the launcher has started the rank
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if any("--local_rank=0" in p.cmdline() for p in tree):
+                break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("the launcher did not start its rank:\n" + (tmp_path / "stage.log").read_text())
+    proc.kill()  # SIGKILL: no handler runs in the main process
+    proc.wait()
+    assert not still_running(tree)
+
+
+@pytest.mark.parametrize("script, status", [("exit 3", 3), ("kill -TERM $$", 128 + signal.SIGTERM), ("exit 0", 0)])
+def test_a_tied_command_passes_its_exit_status_on(script, status):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    tied = [sys.executable, "-m", "clipmoe_demo.tied_child", str(os.getpid()), "bash", "-c", script]
+    assert subprocess.run(tied, env=env, timeout=HANG_LIMIT_S).returncode == status
