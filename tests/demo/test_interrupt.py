@@ -126,22 +126,29 @@ def test_a_main_thread_that_does_not_unwind_is_exited_after_the_deadline():
     assert exit_code == 130 and proc.stderr.read().strip() == "stopped: rerun to resume"
 
 
-def test_a_launched_stage_and_its_children_die_with_the_main_process_killed_outright(tmp_path):
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM", "Ctrl-C"])
+def test_a_launched_stage_and_its_children_end_with_the_main_process(tmp_path, stop):
     """The chain launches each LLaVA stage from a thread (llava_runs._run_logged) as bash -> DeepSpeed
-    launcher -> rank process. Killed outright, the chain's main process used to leave that tree
-    training as orphans. Here the real launcher, on CPU, starts a rank that only sleeps."""
+    launcher -> rank process, in a process group of its own (tied_child). Killed outright, the
+    chain's main process used to leave that tree training as orphans; SIGTERM to it alone reaches
+    the tree through its handler (process_tree_ends_on_interrupt, as the CLI runs); Ctrl-C (SIGINT
+    to the terminal's process group, which the stage's own group is not in) through that handler
+    and tied_child's. Here the real launcher, on CPU, starts a rank that only sleeps."""
     (tmp_path / "rank.py").write_text("import time\ntime.sleep(300)\n")
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
     chain = f"""
 import os, sys, threading, time
 from clipmoe_demo.chain.llava_runs import _free_port, _run_logged, child_env
+from clipmoe_demo.interrupt import process_tree_ends_on_interrupt
 launch = {deepspeed!r} + " --num_gpus 1 --master_port " + str(_free_port()) + " " + {str(tmp_path / "rank.py")!r}
 env = child_env(dict(DS_ACCELERATOR="cpu"))
-threading.Thread(target=_run_logged, args=(["bash", "-c", launch], env, {str(tmp_path / "stage.log")!r}, "stage"), daemon=True).start()
-time.sleep(300)
+with process_tree_ends_on_interrupt("stopped"):
+    threading.Thread(target=_run_logged, args=(["bash", "-c", launch], env, {str(tmp_path / "stage.log")!r}, "stage"), daemon=True).start()
+    time.sleep(300)
 """
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-c", chain], env=env)
+    # A session of its own: the process group Ctrl-C would signal, without this test's processes.
+    proc = subprocess.Popen([sys.executable, "-c", chain], env=env, start_new_session=True)
     for _ in range(HANG_LIMIT_S * 10):  # until the launcher has started the rank
         tree = psutil.Process(proc.pid).children(recursive=True)
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -151,8 +158,14 @@ time.sleep(300)
     else:
         proc.kill()
         pytest.fail("the launcher did not start its rank:\n" + (tmp_path / "stage.log").read_text())
-    proc.kill()  # SIGKILL: no handler runs in the main process
-    proc.wait()
+    if stop == "Ctrl-C":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:  # the main process alone; after SIGKILL no handler of its runs
+        proc.send_signal(getattr(signal, stop))
+    try:
+        proc.wait(timeout=HANG_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
     assert not still_running(tree)
 
 
