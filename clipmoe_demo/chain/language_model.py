@@ -98,6 +98,30 @@ def _collate(rows: list[list[int]]):
     return ids, labels
 
 
+def answer_mask(ids, assistant_id: int, eos_id: int):
+    """True at the tokens of each assistant answer in a row of token ids (numpy): from after
+    "ASSISTANT" ":" up to and with the answer's "</s>" (to the row's end for one cut off)."""
+    import numpy as np
+
+    starts = np.flatnonzero(ids == assistant_id) + 2
+    ends = np.append(np.flatnonzero(ids == eos_id), len(ids) - 1)
+    stops = ends[np.searchsorted(ends, starts)]
+    inside = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.add.at(inside, starts[starts < len(ids)], 1)
+    np.add.at(inside, stops[starts < len(ids)] + 1, -1)
+    return np.cumsum(inside)[:-1] > 0
+
+
+def weighted_loss(logits, labels, weights):
+    """Causal-LM cross-entropy with a weight per predicted token: the weighted mean over the labelled
+    positions (with every weight 1, the model's own loss)."""
+    import torch
+
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), reduction="none")
+    w = weights[:, 1:].flatten() * (labels[:, 1:].flatten() != -100)
+    return (ce * w).sum() / w.sum()
+
+
 def clipped_step(loss, parameters, optimizer, schedule, max_norm: float = 1.0) -> float:
     """One update: backward, the gradient norm clipped, optimizer and schedule stepped, gradients
     cleared; returns the loss value."""
@@ -113,7 +137,8 @@ def clipped_step(loss, parameters, optimizer, schedule, max_norm: float = 1.0) -
 
 def train_language_model(model_dir: str, texts: list[str], steps: int, batch: int, lr: float, seed: int,
                          max_length: int = 512, log_every: int = 10, log=None, progress_every: float = 30.0,
-                         after_step=None, threads_from: tuple[int, int] | None = None) -> list[dict]:
+                         after_step=None, threads_from: tuple[int, int] | None = None,
+                         answer_weight: float = 1.0) -> list[dict]:
     """Causal-LM training of the Llama in model_dir on texts (AdamW, warmup then cosine); saves
     the model back and returns the loss history [{"step", "loss"}]. log: a progress line
     (step/total, loss, ETA) at most every progress_every seconds. threads_from: (step, n): from
@@ -122,7 +147,9 @@ def train_language_model(model_dir: str, texts: list[str], steps: int, batch: in
     count changes the model on some CPUs (they split a weight gradient's sum over the batch's
     tokens between threads), so a switch at a step set by timing would make the model depend on it.
     after_step: called as after_step(step, model) after each update (the probes evaluate the model
-    on the way; it must leave the model in training mode)."""
+    on the way; it must leave the model in training mode). answer_weight: the loss weight of the
+    assistant's answer tokens against 1 for every other token (1: the model's own loss; a probe's lever,
+    lm_variant.py --answer-weight)."""
     from .progress import Throttle, progress_line
 
     import numpy as np
@@ -139,6 +166,10 @@ def train_language_model(model_dir: str, texts: list[str], steps: int, batch: in
     encoded = []
     for i in range(0, len(texts), 1024):
         encoded += [np.asarray(ids[:max_length], dtype=np.int32) for ids in tokenizer(texts[i:i + 1024])["input_ids"]]
+    masks = None
+    if answer_weight != 1.0:
+        assistant = tokenizer.convert_tokens_to_ids("\u2581ASSISTANT")
+        masks = [answer_mask(ids, assistant, tokenizer.eos_token_id) for ids in encoded]
     model = LlamaForCausalLM.from_pretrained(model_dir)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -146,13 +177,21 @@ def train_language_model(model_dir: str, texts: list[str], steps: int, batch: in
     history, window = [], []
     throttle = Throttle(progress_every)
     callers_threads = torch.get_num_threads()
-    for step, rows in enumerate(_batches(encoded, batch, steps, seed), start=1):
+    rows_of = list(range(len(encoded)))
+    for step, picked in enumerate(_batches(rows_of, batch, steps, seed), start=1):
+        rows = [encoded[i] for i in picked]
         if threads_from and step == threads_from[0]:
             torch.set_num_threads(threads_from[1])  # OpenMP's count is this thread's own
             if log:
                 log(f"[chain] language model: {threads_from[1]} torch threads from step {step}")
         ids, labels = _collate(rows)
-        loss = model(input_ids=ids, labels=labels).loss
+        if masks is None:
+            loss = model(input_ids=ids, labels=labels).loss
+        else:
+            weights = torch.ones(ids.shape)
+            for i, j in enumerate(picked):
+                weights[i, :len(masks[j])] += (answer_weight - 1.0) * torch.from_numpy(masks[j])
+            loss = weighted_loss(model(input_ids=ids).logits, labels, weights)
         window.append(clipped_step(loss, model.parameters(), optimizer, schedule))
         if step % log_every == 0 or step == steps:
             history.append({"step": step, "loss": sum(window) / len(window)})

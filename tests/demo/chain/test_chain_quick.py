@@ -190,19 +190,21 @@ def test_a_folder_of_another_mode_is_refused_before_anything_is_written(chain):
 
 def test_the_chain_lm_is_retrained_with_another_seed_or_settings(chain, tmp_path, capsys):
     """scripts/demo_probes/lm_variant.py (the LM-seed spread behind the README's LLaVA scores): seed 0
-    gives the chain's own LM bit for bit, evaluated on the way or not; seed 1 and another learning
-    rate give others; each is scored on the text probe."""
+    gives the chain's own LM bit for bit, evaluated on the way or not; seed 1, another learning
+    rate and answer tokens weighted 10 times give others; each is scored on the text probe."""
     from safetensors.torch import load_file
 
     out = chain[0]
     steps = chain[2]["plan"]["lm_steps"]
-    runs = {"seed0": ["--seed", "0", "--eval-every", str(steps // 2)], "seed1": ["--seed", "1"], "lr": ["--set", "lm_lr=1e-3"]}
+    runs = {"seed0": ["--seed", "0", "--eval-every", str(steps // 2)], "seed1": ["--seed", "1"], "lr": ["--set", "lm_lr=1e-3"],
+            "answers": ["--answer-weight", "10"]}
     weights = {}
     for name, flags in runs.items():
         probe_script("lm_variant").main(["--chain", out, "--out", str(tmp_path / name), *flags])
         lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
         assert [line.get("step") for line in lines] == ([steps // 2, None] if name == "seed0" else [None])
         assert lines[-1]["seed"] == (1 if name == "seed1" else 0) and math.isfinite(lines[-1]["last_loss"]["loss"])
+        assert lines[-1]["answer_weight"] == (10 if name == "answers" else 1)
         probe = lines[-1]["text_probe"]
         assert 0 <= probe["balanced_accuracy"] <= 100 and 0 <= probe["multiple_choice_accuracy"] <= 100
         weights[name] = load_file(os.path.join(lines[-1]["llm"], "model.safetensors"))
@@ -210,3 +212,4 @@ def test_the_chain_lm_is_retrained_with_another_seed_or_settings(chain, tmp_path
     assert all(weights["seed0"][k].equal(chain_lm[k]) for k in chain_lm)
     assert not all(weights["seed1"][k].equal(chain_lm[k]) for k in chain_lm)
     assert not all(weights["lr"][k].equal(chain_lm[k]) for k in chain_lm)
+    assert not all(weights["answers"][k].equal(chain_lm[k]) for k in chain_lm)

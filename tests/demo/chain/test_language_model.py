@@ -140,3 +140,53 @@ def test_right_padded_batches_need_no_attention_mask():
     predicted = [len(r) - 1 for r in rows]  # a row's first token is not predicted
     expected = sum(loss * n for loss, n in zip(alone, predicted)) / sum(predicted)
     torch.testing.assert_close(batch_loss, expected)
+
+
+def test_the_answer_weight_marks_each_answer_and_weighs_only_its_tokens(world_dir, data_paths, tmp_path):
+    """lm_variant.py --answer-weight K: answer_mask marks exactly the assistant's answers of a chain
+    text, each with its "</s>" (checked against the text's own turns), and one cut off to the row's
+    end; weighted_loss is the model's own loss with every weight 1 and, with the answers at K, the
+    per-token losses averaged with those weights by hand; training reports that loss."""
+    import numpy as np
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    plan = replace(llava_runs.make_plan(quick=True), lm_steps=2, batch=4)
+    out = str(tmp_path / "llm")
+    L.build_untrained(out, data_paths, plan)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assistant = tokenizer.convert_tokens_to_ids("\u2581ASSISTANT")
+    assert assistant != tokenizer.unk_token_id  # one piece of the chain's vocabulary
+    texts = L.training_texts(world_dir, 2, seed=0)
+    ids = np.asarray(tokenizer(texts[0])["input_ids"])
+    mask = L.answer_mask(ids, assistant, tokenizer.eos_token_id)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
+    answers = [tokenizer.decode(ids[a:b]) for a, b in zip(edges[::2], edges[1::2])]
+    assert answers == [answer + "</s>" for _, answer in turns(texts[0])]
+    cut = int(edges[1]) - 1  # inside the first answer, before its "</s>"
+    assert L.answer_mask(ids[:cut], assistant, tokenizer.eos_token_id).sum() == cut - edges[0]
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM.from_pretrained(out)
+    rows = [tokenizer(t)["input_ids"] for t in texts]
+    batch_ids, labels = L._collate(rows)
+    weights = torch.ones(batch_ids.shape)
+    for i, row in enumerate(rows):
+        weights[i, :len(row)] += 9.0 * torch.from_numpy(L.answer_mask(np.asarray(row), assistant, tokenizer.eos_token_id))
+    with torch.no_grad():
+        logits = model(input_ids=batch_ids).logits
+        torch.testing.assert_close(L.weighted_loss(logits, labels, torch.ones(batch_ids.shape)),
+                                   model(input_ids=batch_ids, labels=labels).loss)
+        total = count = 0.0
+        for i, row in enumerate(rows):
+            logp = torch.log_softmax(logits[i], dim=-1)
+            for t in range(1, len(row)):  # token t predicted from the positions before it
+                total += -logp[t - 1, row[t]] * weights[i, t]
+                count += weights[i, t]
+        torch.testing.assert_close(L.weighted_loss(logits, labels, weights), total / count)
+
+    def trained(weight):
+        folder = str(tmp_path / f"w{weight}")
+        L.build_untrained(folder, data_paths, plan)
+        return L.train_language_model(folder, texts * 4, 2, 4, plan.lm_lr, 0, answer_weight=weight)
+
+    assert trained(1.0) != trained(10.0)
