@@ -1,13 +1,14 @@
 """The chain's language model again with another seed or plan settings: how much of the LLaVA scores is the LM's luck?
 
-python scripts/demo_probes/lm_variant.py --chain DEMO_OUT --out DIR [--seed S] [--set lm_lr=1e-3 ...] [--answer-weight K] [--eval-every N]
+python scripts/demo_probes/lm_variant.py --chain DEMO_OUT --out DIR [--seed S] [--set lm_lr=1e-3 ...]
+                                        [--answer-weight K] [--eval-every N]
 
 Trains the LM as `clipmoe-demo chain` does (language_model.build_untrained, training_texts and
 train_language_model: the same tokenizer corpus, sizes, texts' recipe, steps and learning rate, one
 torch thread) on the chain's world, with the plan's seed (the Llama's initialisation, the draws of
 each text's questions, the batch order) and any LlavaPlan field changed; --answer-weight K weighs the
-loss of the assistant's answer tokens K times every other token's (the chain's: 1). Saves it in DIR/llm and
-prints the text probe's figures (lm_existence_probe.py's Evaluation: existence balanced /
+loss of the assistant's answer tokens K times every other token's (the chain's: 1). Saves it in
+DIR/llm and prints the text probe's figures (lm_existence_probe.py's Evaluation: existence balanced /
 four-option / short-answer accuracy), every N steps on the way with --eval-every. Then
 `llava_variant.py --chain DEMO_OUT --llm DIR/llm --tower dense|clip-moe --out ...` runs LLaVA on it
 with everything else the chain's (its benchmarks, towers, LLaVA seed).
@@ -65,8 +66,8 @@ def main(argv=None) -> None:
     history = L.train_language_model(llm_dir, texts, plan.lm_steps, plan.batch, plan.lm_lr, plan.seed, log=print,
                                      progress_every=120.0, after_step=on_the_way, threads_from=more,
                                      answer_weight=a.answer_weight)
-    print(json.dumps({"seed": plan.seed, "set": a.set, "answer_weight": a.answer_weight, "llm": llm_dir, "seconds": round(time.perf_counter() - start),
-                      "last_loss": history[-1], "text_probe": evaluate(LlamaForCausalLM.from_pretrained(llm_dir))}))
+    print(json.dumps({"seed": plan.seed, "set": a.set, "answer_weight": a.answer_weight, "llm": llm_dir,
+                      "seconds": round(time.perf_counter() - start), "last_loss": history[-1], "text_probe": evaluate(LlamaForCausalLM.from_pretrained(llm_dir))}))
 
 
 if __name__ == "__main__":
