@@ -112,6 +112,16 @@ def answer_mask(ids, assistant_id: int, eos_id: int):
     return np.cumsum(inside)[:-1] > 0
 
 
+def answer_weights(ids, assistant_id: int, eos_id: int, weight: float):
+    """Per-token loss weights of a batch (torch ids, right-padded): `weight` at the answers' tokens,
+    1 elsewhere. Padding is never a label, so a cut-off answer marked into it weighs nothing."""
+    import numpy as np
+    import torch
+
+    masks = [answer_mask(row, assistant_id, eos_id) for row in ids.numpy()]
+    return 1.0 + (weight - 1.0) * torch.as_tensor(np.stack(masks), dtype=torch.float32)
+
+
 def weighted_loss(logits, labels, weights):
     """Causal-LM cross-entropy with a weight per predicted token: the weighted mean over the labelled
     positions (with every weight 1, the model's own loss)."""
@@ -166,10 +176,7 @@ def train_language_model(model_dir: str, texts: list[str], steps: int, batch: in
     encoded = []
     for i in range(0, len(texts), 1024):
         encoded += [np.asarray(ids[:max_length], dtype=np.int32) for ids in tokenizer(texts[i:i + 1024])["input_ids"]]
-    masks = None
-    if answer_weight != 1.0:
-        assistant = tokenizer.convert_tokens_to_ids("\u2581ASSISTANT")
-        masks = [answer_mask(ids, assistant, tokenizer.eos_token_id) for ids in encoded]
+    assistant = tokenizer.convert_tokens_to_ids("\u2581ASSISTANT")
     model = LlamaForCausalLM.from_pretrained(model_dir)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -177,20 +184,16 @@ def train_language_model(model_dir: str, texts: list[str], steps: int, batch: in
     history, window = [], []
     throttle = Throttle(progress_every)
     callers_threads = torch.get_num_threads()
-    rows_of = list(range(len(encoded)))
-    for step, picked in enumerate(_batches(rows_of, batch, steps, seed), start=1):
-        rows = [encoded[i] for i in picked]
+    for step, rows in enumerate(_batches(encoded, batch, steps, seed), start=1):
         if threads_from and step == threads_from[0]:
             torch.set_num_threads(threads_from[1])  # OpenMP's count is this thread's own
             if log:
                 log(f"[chain] language model: {threads_from[1]} torch threads from step {step}")
         ids, labels = _collate(rows)
-        if masks is None:
+        if answer_weight == 1.0:
             loss = model(input_ids=ids, labels=labels).loss
         else:
-            weights = torch.ones(ids.shape)
-            for i, j in enumerate(picked):
-                weights[i, :len(masks[j])] += (answer_weight - 1.0) * torch.from_numpy(masks[j])
+            weights = answer_weights(ids, assistant, tokenizer.eos_token_id, answer_weight)
             loss = weighted_loss(model(input_ids=ids).logits, labels, weights)
         window.append(clipped_step(loss, model.parameters(), optimizer, schedule))
         if step % log_every == 0 or step == steps:

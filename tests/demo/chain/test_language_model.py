@@ -145,8 +145,9 @@ def test_right_padded_batches_need_no_attention_mask():
 def test_the_answer_weight_marks_each_answer_and_weighs_only_its_tokens(world_dir, data_paths, tmp_path):
     """lm_variant.py --answer-weight K: answer_mask marks exactly the assistant's answers of a chain
     text, each with its "</s>" (checked against the text's own turns), and one cut off to the row's
-    end; weighted_loss is the model's own loss with every weight 1 and, with the answers at K, the
-    per-token losses averaged with those weights by hand; training reports that loss."""
+    end; weighted_loss is the model's own loss with every weight 1 and, with the answers at 10
+    (answer_weights, right-padded batch), the per-token losses averaged with those weights by hand;
+    training reports that loss."""
     import numpy as np
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -169,9 +170,8 @@ def test_the_answer_weight_marks_each_answer_and_weighs_only_its_tokens(world_di
     model = LlamaForCausalLM.from_pretrained(out)
     rows = [tokenizer(t)["input_ids"] for t in texts]
     batch_ids, labels = L._collate(rows)
-    weights = torch.ones(batch_ids.shape)
-    for i, row in enumerate(rows):
-        weights[i, :len(row)] += 9.0 * torch.from_numpy(L.answer_mask(np.asarray(row), assistant, tokenizer.eos_token_id))
+    weights = L.answer_weights(batch_ids, assistant, tokenizer.eos_token_id, 10.0)
+    assert sorted(weights.unique().tolist()) == [1.0, 10.0]
     with torch.no_grad():
         logits = model(input_ids=batch_ids).logits
         torch.testing.assert_close(L.weighted_loss(logits, labels, torch.ones(batch_ids.shape)),
